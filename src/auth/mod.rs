@@ -1,0 +1,1 @@
+//! Authentication: JWT checks, claims, users-table lookup, JWKS cache.

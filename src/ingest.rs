@@ -1,0 +1,1 @@
+//! pgoutput messages → whole committed transactions, encoded once as wire frames.

@@ -1,0 +1,17 @@
+//! pgsat: a proxy beside PostgreSQL that reads every committed change through
+//! logical replication (`pgoutput`), keeps it in its own durable log, and
+//! streams it to authenticated clients over a Satellite-style binary protocol.
+//!
+//! The data path, one module per stage (see docs/ARCHITECTURE.md):
+//! `pg` (replication connection, pgoutput decoder) → `ingest` (whole
+//! transactions, encoded once as wire frames) → `log` (durable segments on
+//! disk + in-memory cache) → `server` (sessions, one cursor each) → sockets.
+
+pub mod auth;
+pub mod config;
+pub mod ingest;
+pub mod log;
+pub mod pg;
+pub mod protocol;
+pub mod rules;
+pub mod server;

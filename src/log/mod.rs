@@ -1,0 +1,5 @@
+//! pgsat's durable history of committed transactions.
+
+pub mod record;
+
+pub use record::{Entry, RelationEntry, TxnEntry};

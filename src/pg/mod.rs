@@ -1,0 +1,4 @@
+//! PostgreSQL side: the replication connection, the pure `pgoutput` decoder,
+//! slot and publication management.
+
+pub mod lsn;

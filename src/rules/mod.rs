@@ -1,0 +1,1 @@
+//! Read rules (protocol 1.1). Not implemented yet.

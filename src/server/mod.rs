@@ -1,0 +1,1 @@
+//! Listeners, the per-connection session state machine, fan-out.

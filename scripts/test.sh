@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test of the project: Rust (unit + integration against a real
+# PostgreSQL the harness starts itself) and, when present, the TypeScript
+# client's tests. This is the README's one test command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== Rust: cargo test"
+cargo test --all-targets -- --test-threads=2
+
+if [ -f clients/ts/package.json ]; then
+  echo "== TypeScript client: npm ci && npm test"
+  (cd clients/ts && npm ci --no-audit --no-fund && npm test)
+fi

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== Rust: cargo test"
-cargo test --all-targets -- --test-threads=2
+cargo test --lib --bins --tests -- --test-threads=2
 
 if [ -f clients/ts/package.json ]; then
   echo "== TypeScript client: npm ci && npm test"

@@ -1,1 +1,278 @@
-//! Listeners, the per-connection session state machine, fan-out.
+//! The proxy process: start-up checks, the replication driver, the TCP and
+//! WebSocket listeners, the HTTP endpoint, and graceful shutdown.
+//!
+//! Start-up order: check the server (wal_level, rights) → publication → slot
+//! → open the log (identity checked against the server) → authenticator
+//! (users table checked) → replication → listeners. Any failure before the
+//! listeners is a clear error and exit code 2 (config) or 1 (runtime).
+//!
+//! Shutdown (SIGTERM/SIGINT): stop accepting, every session gets
+//! SHUTTING_DOWN after its last whole transaction, the slot position is
+//! flushed, the log is synced, exit 0 — within 10 s.
+
+pub mod listener;
+pub mod registry;
+pub mod session;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::http::Readiness;
+use crate::ingest::UsersTable;
+use crate::log::{Log, LogIdentity, LogOptions};
+use crate::metrics::Metrics;
+use crate::pg::conn::{ConnParams, ReplicationConn};
+use crate::pg::slot;
+use crate::replicator::{connect_sql, Replicator};
+use registry::Registry;
+
+/// What every session shares.
+pub struct ServerCtx {
+    pub config: Arc<Config>,
+    pub log: Log,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
+    pub shutdown: CancellationToken,
+}
+
+/// The addresses a running server listens on (useful when configured with
+/// port 0, as tests do).
+#[derive(Clone, Copy, Debug)]
+pub struct BoundAddrs {
+    pub tcp: SocketAddr,
+    pub ws: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// Runs the proxy until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        signals.cancel();
+    });
+    run_until(config, shutdown, |addrs| {
+        tracing::info!(tcp = %addrs.tcp, ws = %addrs.ws, http = %addrs.http, "pgsat listening");
+    })
+    .await
+}
+
+/// Runs the proxy until `shutdown` is cancelled; `on_ready` gets the bound
+/// addresses once the listeners accept.
+pub async fn run_until(
+    config: Config,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(BoundAddrs),
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::default());
+    if config.auth.mode == crate::config::AuthMode::Insecure {
+        tracing::warn!("AUTH_MODE=insecure: token signatures are NOT verified. Development only: never expose this server to untrusted clients.");
+        metrics.auth_insecure_mode.set(1);
+    }
+    metrics.read_rules_enabled.set(0);
+
+    // The HTTP endpoint first, so /healthz answers and /readyz says 503
+    // during start-up.
+    let http_listener = TcpListener::bind(config.http_listen_addr).await.map_err(|e| {
+        anyhow::anyhow!("HTTP_LISTEN_ADDR {}: {e}", config.http_listen_addr)
+    })?;
+    let http_addr = http_listener.local_addr()?;
+    let http_task = tokio::spawn(crate::http::serve(
+        http_listener,
+        metrics.clone(),
+        readiness.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
+
+    let params = ConnParams::from_url(&config.database_url)
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+    let client = connect_sql(&params).await?;
+    slot::check_server(&client).await?;
+    slot::ensure_publication(&client, &config.publication).await?;
+    let mut conn = ReplicationConn::connect(&params).await?;
+    let ident = conn.identify_system().await?;
+    let slot_info = slot::ensure_slot(&client, &config.replication_slot).await?;
+    drop(conn);
+
+    let identity = LogIdentity {
+        system_id: ident.system_id.clone(),
+        timeline: ident.timeline,
+        database: ident.dbname.clone().unwrap_or_default(),
+        slot: config.replication_slot.clone(),
+    };
+    let log_dir = config.data_dir.join(&config.replication_slot);
+    let log = Log::open(
+        &log_dir,
+        &identity,
+        LogOptions {
+            window_max_bytes: config.window_max_bytes,
+            window_max_age: config.window_max_age,
+            cache_max_bytes: config.cache_max_bytes,
+            segment_max_bytes: None,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("DATA_DIR {}: {e}", log_dir.display()))?;
+    if log.is_new() {
+        log.set_start(slot_info.confirmed_flush_lsn)?;
+    }
+
+    let auth = Arc::new(Authenticator::new(&config.auth, params.to_tokio_postgres()).await?);
+    let registry = Arc::new(Registry::default());
+
+    let replicator = Replicator {
+        params: params.clone(),
+        slot: config.replication_slot.clone(),
+        publication: config.publication.clone(),
+        log: log.clone(),
+        metrics: metrics.clone(),
+        registry: registry.clone(),
+        users_table: Some(UsersTable::parse(
+            &config.auth.users_table,
+            &config.auth.users_id_column,
+        )),
+        system_id: ident.system_id.clone(),
+        on_connected: {
+            let readiness = readiness.clone();
+            Arc::new(move |up| readiness.set_replication_connected(up))
+        },
+    };
+    let repl_shutdown = CancellationToken::new();
+    let repl_task = tokio::spawn(replicator.run(repl_shutdown.clone()));
+
+    let stats_task = tokio::spawn(stats_loop(
+        log.clone(),
+        metrics.clone(),
+        readiness.clone(),
+        client,
+        config.replication_slot.clone(),
+        shutdown.clone(),
+    ));
+
+    let ctx = Arc::new(ServerCtx {
+        config: config.clone(),
+        log: log.clone(),
+        auth,
+        metrics: metrics.clone(),
+        registry,
+        shutdown: shutdown.clone(),
+    });
+    let tcp = TcpListener::bind(config.listen_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("LISTEN_ADDR {}: {e}", config.listen_addr))?;
+    let ws = TcpListener::bind(config.ws_listen_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("WS_LISTEN_ADDR {}: {e}", config.ws_listen_addr))?;
+    let addrs = BoundAddrs {
+        tcp: tcp.local_addr()?,
+        ws: ws.local_addr()?,
+        http: http_addr,
+    };
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let tasks = TaskTracker::new();
+    let tcp_loop = tokio::spawn(listener::accept_loop(
+        ctx.clone(),
+        tcp,
+        listener::Kind::Tcp,
+        limit.clone(),
+        tasks.clone(),
+    ));
+    let ws_loop = tokio::spawn(listener::accept_loop(
+        ctx.clone(),
+        ws,
+        listener::Kind::Ws,
+        limit,
+        tasks.clone(),
+    ));
+    readiness.set_listeners_accepting(true);
+    on_ready(addrs);
+
+    // Run until asked to stop, or until replication fails for good.
+    let mut repl_task = repl_task;
+    let repl_result = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        r = &mut repl_task => Some(r),
+    };
+    readiness.set_listeners_accepting(false);
+    shutdown.cancel();
+    let _ = tcp_loop.await;
+    let _ = ws_loop.await;
+    tasks.close();
+    // Sessions send SHUTTING_DOWN and flush; give them a bounded time.
+    let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    repl_shutdown.cancel();
+    let repl_result = match repl_result {
+        Some(r) => r,
+        None => match tokio::time::timeout(Duration::from_secs(3), repl_task).await {
+            Ok(r) => r,
+            Err(_) => Ok(Ok(())),
+        },
+    };
+    stats_task.abort();
+    log.close();
+    let _ = http_task.await;
+    match repl_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(anyhow::anyhow!("replication task panicked: {e}")),
+    }
+}
+
+/// Keeps the gauges that are not on the hot path current.
+async fn stats_loop(
+    log: Log,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    client: tokio_postgres::Client,
+    slot_name: String,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let stats = log.stats();
+        metrics.observe_log(&stats);
+        readiness.set_log_healthy(stats.healthy);
+        if let Ok(s) = slot::slot_stats(&client, &slot_name).await {
+            metrics.observe_slot(&s);
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

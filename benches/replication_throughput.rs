@@ -1,0 +1,198 @@
+//! Replication throughput: pgsat against `pg_recvlogical`, same WAL, one run.
+//!
+//! Writes 1,000,000 rows (~200 bytes each) in 10,000 transactions of 100 rows
+//! to a temporary Postgres with two logical slots created beforehand, then
+//! times (1) `pg_recvlogical` draining its slot (pgoutput, proto 1) to
+//! /dev/null up to the end of the workload, and (2) the real `pgsat` binary
+//! decoding the same WAL into its durable log (fsync on) until its slot is
+//! confirmed past the end of the workload — confirmation only follows what
+//! is durably on disk. Prints both rates, the ratio, pgsat's peak RSS and the
+//! log's bytes per row.
+//!
+//! Run: `cargo bench --bench replication_throughput` (ROWS=… to scale).
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::PgServer;
+
+const ROWS_PER_TXN: u64 = 100;
+
+fn main() {
+    let rows: u64 = std::env::var("ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let txns = rows / ROWS_PER_TXN;
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let pg = PgServer::start();
+    let client = rt.block_on(pg.client());
+
+    rt.block_on(async {
+        client
+            .batch_execute(
+                "CREATE TABLE users (id text PRIMARY KEY);
+                 CREATE TABLE bench_rows (id bigint PRIMARY KEY, n integer, amount numeric(12,2),
+                                          at timestamptz, payload text);
+                 CREATE PUBLICATION pgsat_bench FOR TABLE bench_rows;
+                 SELECT pg_create_logical_replication_slot('recvlogical', 'pgoutput');
+                 SELECT pg_create_logical_replication_slot('pgsat', 'pgoutput');",
+            )
+            .await
+            .expect("schema");
+    });
+
+    eprintln!("writing {rows} rows in {txns} transactions of {ROWS_PER_TXN} rows…");
+    let t = Instant::now();
+    rt.block_on(async {
+        client
+            .batch_execute(&format!(
+                "DO $$ BEGIN
+                   FOR i IN 0..{last} LOOP
+                     INSERT INTO bench_rows
+                       SELECT i * {per} + g, g, (g * 1.25)::numeric(12,2), now(),
+                              repeat(md5((i * {per} + g)::text), 4)
+                       FROM generate_series(1, {per}) AS g;
+                     COMMIT;
+                   END LOOP;
+                 END $$;",
+                last = txns - 1,
+                per = ROWS_PER_TXN
+            ))
+            .await
+            .expect("workload");
+    });
+    let end_lsn: String = rt.block_on(async {
+        client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .expect("lsn")
+            .get(0)
+    });
+    let avg_row: f64 = rt.block_on(async {
+        let r = client
+            .query_one("SELECT avg(pg_column_size(b.*))::float8 FROM bench_rows b", &[])
+            .await
+            .expect("row size");
+        r.get(0)
+    });
+    eprintln!(
+        "workload written in {:.1}s, end LSN {end_lsn}, average row {avg_row:.0} bytes",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 1. pg_recvlogical.
+    let recv = pg.bin_dir().join("pg_recvlogical");
+    let t = Instant::now();
+    let status = Command::new(&recv)
+        .args(["-d", &pg.url(), "--slot", "recvlogical", "--start", "--no-loop"])
+        .args(["-o", "proto_version=1", "-o", "publication_names=pgsat_bench"])
+        .args(["-E", &end_lsn, "-f", "/dev/null"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run pg_recvlogical");
+    let recv_secs = t.elapsed().as_secs_f64();
+    assert!(status.success(), "pg_recvlogical failed: {status}");
+
+    // 2. pgsat, the real binary, fsync on.
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let free = |_: ()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .to_string()
+    };
+    let t = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgsat"))
+        .arg("serve")
+        .env("DATABASE_URL", pg.url())
+        .env("AUTH_MODE", "insecure")
+        .env("REPLICATION_SLOT", "pgsat")
+        .env("PUBLICATION", "pgsat_bench")
+        .env("DATA_DIR", data_dir.path())
+        .env("WINDOW_MAX_BYTES", "4GiB")
+        .env("LISTEN_ADDR", free(()))
+        .env("WS_LISTEN_ADDR", free(()))
+        .env("HTTP_LISTEN_ADDR", free(()))
+        .env("LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn pgsat");
+    let pid = child.id();
+    let mut peak_kib = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let pgsat_secs = rt.block_on(async {
+        loop {
+            peak_kib = peak_kib.max(vm_hwm_kib(pid));
+            let confirmed: Option<String> = client
+                .query_one(
+                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'pgsat'
+                       AND confirmed_flush_lsn >= $1::text::pg_lsn",
+                    &[&end_lsn],
+                )
+                .await
+                .ok()
+                .map(|r| r.get(0));
+            if confirmed.is_some() {
+                return t.elapsed().as_secs_f64();
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("pgsat exited early: {st}");
+            }
+            assert!(Instant::now() < deadline, "pgsat did not catch up within 10 minutes");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    peak_kib = peak_kib.max(vm_hwm_kib(pid));
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    let _ = child.wait();
+    let log_bytes = dir_size(data_dir.path());
+
+    let recv_rate = rows as f64 / recv_secs;
+    let pgsat_rate = rows as f64 / pgsat_secs;
+    println!("replication throughput, {rows} rows in {txns} transactions (avg row {avg_row:.0} B)");
+    println!("  pg_recvlogical → /dev/null : {recv_secs:>7.2} s  {recv_rate:>10.0} rows/s");
+    println!("  pgsat → durable log (fsync): {pgsat_secs:>7.2} s  {pgsat_rate:>10.0} rows/s");
+    println!(
+        "  ratio pgsat / pg_recvlogical: {:.3}  (target ≥ 0.95)",
+        pgsat_rate / recv_rate
+    );
+    println!("  pgsat peak RSS: {:.1} MiB", peak_kib as f64 / 1024.0);
+    println!(
+        "  log on disk: {:.1} MiB, {:.0} bytes per row",
+        log_bytes as f64 / (1024.0 * 1024.0),
+        log_bytes as f64 / rows as f64
+    );
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}

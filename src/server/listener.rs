@@ -1,0 +1,122 @@
+//! The TCP and WebSocket listeners. Both hand their connections to the same
+//! session implementation.
+//!
+//! Invariant: at most `MAX_CONNECTIONS` sessions exist at once (one semaphore
+//! shared by both listeners); after shutdown starts no connection is accepted.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::task::TaskTracker;
+
+use super::{session, transport, ServerCtx};
+use crate::protocol::frame::encode_frame;
+use crate::protocol::msg_type::MsgType;
+use crate::protocol::pb;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Tcp,
+    Ws,
+}
+
+/// Accepts until shutdown. Each connection runs as its own task on `tasks`.
+pub async fn accept_loop(
+    ctx: Arc<ServerCtx>,
+    listener: TcpListener,
+    kind: Kind,
+    limit: Arc<Semaphore>,
+    tasks: TaskTracker,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            ctx.metrics.connection_refused();
+            tasks.spawn(refuse(stream, ctx.config.max_connections));
+            continue;
+        };
+        let ctx = ctx.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            match kind {
+                Kind::Tcp => {
+                    let (r, w) = transport::tcp(stream, ctx.config.max_frame_bytes);
+                    session::run(ctx, r, w, peer).await;
+                }
+                Kind::Ws => {
+                    if let Some((r, w)) = ws_handshake(&ctx, stream, peer).await {
+                        session::run(ctx, r, w, peer).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn refuse(mut stream: TcpStream, max: usize) {
+    let frame = encode_frame(
+        MsgType::ErrorResp,
+        &pb::ErrorResp {
+            code: pb::ErrorCode::Internal as i32,
+            message: format!("connection limit reached (MAX_CONNECTIONS = {max})"),
+            request_id: String::new(),
+        },
+    );
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &frame),
+    )
+    .await;
+}
+
+async fn ws_handshake(
+    ctx: &ServerCtx,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<(transport::Reader, transport::Writer)> {
+    let max = ctx.config.max_frame_bytes as usize;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() == "/ws" {
+            Ok(resp)
+        } else {
+            let mut e = ErrorResponse::new(Some("pgsat speaks WebSocket on /ws".into()));
+            *e.status_mut() = StatusCode::NOT_FOUND;
+            Err(e)
+        }
+    };
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(config));
+    match tokio::time::timeout(ctx.config.auth.auth_timeout, handshake).await {
+        Ok(Ok(ws)) => Some(transport::ws(ws)),
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, error = %e, "WebSocket handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer, "WebSocket handshake timed out");
+            None
+        }
+    }
+}

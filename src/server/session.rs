@@ -1,0 +1,484 @@
+//! One client's session: the state machine of protocol.md "Session".
+//!
+//! `AwaitingAuth` → (AuthReq ok) → `Authenticated` → (StartReplicationReq) →
+//! streaming from a log cursor; `paused` while the token is expired; ended
+//! by a fatal error, the client, user deletion or shutdown.
+//!
+//! Invariants:
+//! - nothing but `ErrorResp` is ever sent before a successful AuthReq;
+//! - transactions go out whole (all their OpLog frames are queued at once),
+//!   in log order, each once; a Relation goes out before the first
+//!   transaction that uses it and again when its definition changes;
+//! - the session never awaits a socket write in its logic (see transport.rs):
+//!   a client that stops reading only stops its own cursor, and is closed with
+//!   SLOW_CONSUMER once the log's head is more than `CLIENT_MAX_LAG_BYTES`
+//!   ahead of it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::time::{sleep_until, Sleep};
+
+use super::transport::{Incoming, OutQueue, Reader, Writer};
+use super::ServerCtx;
+use crate::auth::Principal;
+use crate::log::{Cursor, Entry, LogError};
+use crate::protocol::frame::encode_frame;
+use crate::protocol::message::ClientMessage;
+use crate::protocol::msg_type::MsgType;
+use crate::protocol::pb;
+use crate::protocol::pb::ErrorCode;
+
+/// Queue size above which the session stops pulling from its cursor until the
+/// socket drains.
+const QUEUE_HIGH_WATER: usize = 256 * 1024;
+/// How often a session whose socket is blocked re-checks its lag.
+const BLOCKED_LAG_CHECK: Duration = Duration::from_millis(200);
+/// Time given to flush the last frames (an error, SHUTTING_DOWN) before close.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+
+/// Why a session ended (metrics label and log line).
+#[derive(Clone, Debug)]
+pub enum CloseReason {
+    ClientClosed,
+    Error(ErrorCode),
+    Io,
+}
+
+impl CloseReason {
+    pub fn label(&self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::Io => "io_error",
+            CloseReason::Error(code) => code.as_str_name(),
+        }
+    }
+}
+
+struct Stream {
+    cursor: Cursor,
+    /// Relation definitions in force at the cursor (from the log).
+    in_force: HashMap<u32, Bytes>,
+    /// Once the session has been within CLIENT_MAX_LAG_BYTES of the head, it
+    /// is live and falling behind again is SLOW_CONSUMER. A client catching up
+    /// from far back reads at its own pace from disk until then.
+    live: bool,
+}
+
+struct Session {
+    ctx: Arc<ServerCtx>,
+    peer: SocketAddr,
+    writer: Writer,
+    out: OutQueue,
+    principal: Option<Principal>,
+    /// Relation frames this session has sent, by relation id.
+    sent_relations: HashMap<u32, Bytes>,
+    stream: Option<Stream>,
+    /// Set when the token expired: the stream is paused until a refresh.
+    paused_until: Option<Instant>,
+    expiry: Option<Pin<Box<Sleep>>>,
+    closing: Option<CloseReason>,
+    last_ack: u64,
+}
+
+/// Runs one connection to its end.
+pub async fn run(ctx: Arc<ServerCtx>, mut reader: Reader, writer: Writer, peer: SocketAddr) {
+    let opened = Instant::now();
+    ctx.metrics.session_opened();
+    let mut s = Session {
+        ctx: ctx.clone(),
+        peer,
+        writer,
+        out: OutQueue::default(),
+        principal: None,
+        sent_relations: HashMap::new(),
+        stream: None,
+        paused_until: None,
+        expiry: None,
+        closing: None,
+        last_ack: 0,
+    };
+    let reason = s.run(&mut reader).await;
+    let user = s.principal.as_ref().map(|p| p.user_id.as_str()).unwrap_or("");
+    tracing::info!(
+        peer = %peer,
+        user_id = user,
+        reason = reason.label(),
+        duration_ms = opened.elapsed().as_millis() as u64,
+        "session closed"
+    );
+    ctx.metrics.session_closed(reason.label());
+}
+
+impl Session {
+    async fn run(&mut self, reader: &mut Reader) -> CloseReason {
+        let reason = match self.authenticate(reader).await {
+            Ok(registration) => {
+                tracing::info!(
+                    peer = %self.peer,
+                    user_id = self.user_id(),
+                    "session authenticated"
+                );
+                let deleted = registration.deleted.clone();
+                let r = self.serve(reader, &deleted).await;
+                drop(registration);
+                r
+            }
+            Err(reason) => reason,
+        };
+        self.ctx.metrics.session_state(None);
+        // Flush what is queued (the closing error), then close.
+        let _ = tokio::time::timeout(CLOSE_FLUSH, self.writer.drain(&mut self.out)).await;
+        self.writer.close().await;
+        reason
+    }
+
+    fn user_id(&self) -> &str {
+        self.principal.as_ref().map(|p| p.user_id.as_str()).unwrap_or("")
+    }
+
+    /// Step 1: the first frame must be an AuthReq within AUTH_TIMEOUT.
+    async fn authenticate(
+        &mut self,
+        reader: &mut Reader,
+    ) -> Result<super::registry::Registration, CloseReason> {
+        self.ctx.metrics.session_state(Some("authenticating"));
+        let deadline = tokio::time::Instant::now() + self.ctx.config.auth.auth_timeout;
+        let first = tokio::select! {
+            incoming = reader.next() => incoming,
+            _ = sleep_until(deadline) => {
+                return Err(self.fail(ErrorCode::AuthTimeout, format!(
+                    "no AuthReq within AUTH_TIMEOUT ({} ms)",
+                    self.ctx.config.auth.auth_timeout.as_millis()
+                )));
+            }
+            _ = self.ctx.shutdown.cancelled() => {
+                return Err(self.fail(ErrorCode::ShuttingDown, "server is shutting down".into()));
+            }
+        };
+        let frame = match first {
+            Incoming::Frame(f) => f,
+            Incoming::Invalid { code, message } => return Err(self.fail(code, message)),
+            Incoming::Closed => return Err(CloseReason::ClientClosed),
+        };
+        let req = match ClientMessage::decode(frame.ty, frame.body) {
+            Ok(ClientMessage::Auth(req)) => req,
+            Ok(_) => {
+                return Err(self.fail(
+                    ErrorCode::AuthRequired,
+                    "the first frame must be AuthReq".into(),
+                ))
+            }
+            Err(e) => return Err(self.fail(ErrorCode::InvalidRequest, e.to_string())),
+        };
+        match self.ctx.auth.authenticate(&req.token).await {
+            Ok(principal) => {
+                self.ctx.metrics.auth_attempt("ok");
+                let registration = self.ctx.registry.register(&principal.user_id);
+                self.accept_principal(req.id, principal);
+                Ok(registration)
+            }
+            Err(e) => {
+                self.ctx.metrics.auth_attempt(e.metric_label());
+                tracing::info!(peer = %self.peer, check = e.metric_label(), "authentication failed");
+                Err(self.fail(e.code(), e.message()))
+            }
+        }
+    }
+
+    fn accept_principal(&mut self, id: String, principal: Principal) {
+        let expires_at = principal.expires_at.unwrap_or(0);
+        self.set_expiry(principal.expires_at);
+        self.push(
+            MsgType::AuthResp,
+            &pb::AuthResp {
+                id,
+                user_id: principal.user_id.clone(),
+                server_id: self.ctx.config.server_id.clone(),
+                expires_at,
+            },
+        );
+        self.principal = Some(principal);
+    }
+
+    fn set_expiry(&mut self, expires_at_micros: Option<i64>) {
+        self.expiry = expires_at_micros.map(|at| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0);
+            let left = Duration::from_micros(at.saturating_sub(now).max(0) as u64);
+            Box::pin(tokio::time::sleep(left))
+        });
+    }
+
+    /// Steps 2–5, after a successful AuthReq.
+    async fn serve(&mut self, reader: &mut Reader, deleted: &tokio::sync::Notify) -> CloseReason {
+        self.ctx.metrics.session_state(Some("authenticated"));
+        let mut lag_check = tokio::time::interval(BLOCKED_LAG_CHECK);
+        lag_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if let Some(reason) = self.closing.take() {
+                return reason;
+            }
+            let paused = self.paused_until.is_some();
+            let can_pull =
+                self.stream.is_some() && !paused && self.out.len_bytes() < QUEUE_HIGH_WATER;
+            let blocked = self.stream.is_some() && !paused && !can_pull;
+            let grace_deadline = self.paused_until;
+            tokio::select! {
+                biased;
+                _ = self.ctx.shutdown.cancelled() => {
+                    // Only whole transactions are ever queued, so this error
+                    // follows the last whole transaction.
+                    return self.fail(ErrorCode::ShuttingDown, "server is shutting down; resume elsewhere from your last Commit.lsn".into());
+                }
+                _ = deleted.notified() => {
+                    return self.fail(ErrorCode::UserDeleted, format!("user {:?} was deleted", self.user_id()));
+                }
+                incoming = reader.next() => {
+                    match incoming {
+                        Incoming::Frame(frame) => self.on_frame(frame.ty, frame.body).await,
+                        Incoming::Invalid { code, message } => return self.fail(code, message),
+                        Incoming::Closed => return CloseReason::ClientClosed,
+                    }
+                }
+                res = self.writer.drain(&mut self.out), if !self.out.is_empty() => {
+                    if res.is_err() {
+                        return CloseReason::Io;
+                    }
+                }
+                entry = next_entry(&mut self.stream), if can_pull => {
+                    match entry {
+                        Ok(entry) => self.on_entry(entry),
+                        Err(LogError::BehindWindow { .. }) => {
+                            return self.fail(ErrorCode::BehindWindow, "the log no longer holds this session's position (retention); resynchronise from scratch".into());
+                        }
+                        Err(e) => {
+                            tracing::error!(peer = %self.peer, error = %e, "log read failed");
+                            return self.fail(ErrorCode::Internal, format!("log read failed: {e}"));
+                        }
+                    }
+                }
+                _ = lag_check.tick(), if blocked => {
+                    self.check_lag();
+                }
+                _ = wait_expiry(&mut self.expiry), if !paused => {
+                    self.expiry = None;
+                    let grace = self.ctx.config.auth.refresh_grace;
+                    self.paused_until = Some(Instant::now() + grace);
+                    self.ctx.metrics.session_state(Some("paused"));
+                    self.push_error(ErrorCode::TokenExpired, format!(
+                        "token expired; stream paused: send a new AuthReq within AUTH_REFRESH_GRACE ({} s) to resume", grace.as_secs()));
+                }
+                _ = sleep_until(grace_deadline.map(tokio::time::Instant::from_std).unwrap_or_else(tokio::time::Instant::now)), if grace_deadline.is_some() => {
+                    return self.fail(ErrorCode::TokenExpired, "token expired and was not refreshed within AUTH_REFRESH_GRACE".into());
+                }
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, ty: u8, body: Bytes) {
+        let msg = match ClientMessage::decode(ty, body) {
+            Ok(m) => m,
+            Err(e) => {
+                self.fail(ErrorCode::InvalidRequest, e.to_string());
+                return;
+            }
+        };
+        match msg {
+            ClientMessage::Auth(req) => self.on_refresh(req).await,
+            ClientMessage::StartReplication(req) => self.on_start(req),
+            ClientMessage::StopReplication => {
+                if self.stream.take().is_some() {
+                    self.ctx.metrics.session_state(Some("authenticated"));
+                    self.push(MsgType::StopReplicationResp, &pb::StopReplicationResp {});
+                } else {
+                    self.push_error(
+                        ErrorCode::ReplicationNotStarted,
+                        "StopReplicationReq without a started replication".into(),
+                    );
+                }
+            }
+            ClientMessage::PingReq => {
+                let lsn = self.ctx.log.end_lsn();
+                self.push(MsgType::PingResp, &pb::PingResp { lsn });
+            }
+            ClientMessage::PingResp(_) => {}
+            ClientMessage::Ack(ack) => {
+                if ack.lsn > self.last_ack {
+                    self.last_ack = ack.lsn;
+                }
+            }
+        }
+    }
+
+    /// Step 4: a new AuthReq on a live session.
+    async fn on_refresh(&mut self, req: pb::AuthReq) {
+        let principal = match self.ctx.auth.authenticate(&req.token).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.ctx.metrics.auth_attempt(e.metric_label());
+                self.fail(e.code(), format!("token refresh failed: {}", e.message()));
+                return;
+            }
+        };
+        self.ctx.metrics.auth_attempt("ok");
+        if principal.user_id != self.user_id() {
+            self.fail(
+                ErrorCode::PrincipalChanged,
+                "token refresh names another user_id; a session belongs to one user".into(),
+            );
+            return;
+        }
+        if self.paused_until.take().is_some() {
+            let state = if self.stream.is_some() {
+                "streaming"
+            } else {
+                "authenticated"
+            };
+            self.ctx.metrics.session_state(Some(state));
+        }
+        self.accept_principal(req.id, principal);
+    }
+
+    /// Step 2: StartReplicationReq.
+    fn on_start(&mut self, req: pb::StartReplicationReq) {
+        if self.stream.is_some() {
+            self.push_error(
+                ErrorCode::ReplicationAlreadyStarted,
+                "replication is already started on this session".into(),
+            );
+            return;
+        }
+        if req.snapshot || !req.tables.is_empty() {
+            self.fail(
+                ErrorCode::InvalidRequest,
+                "tables and snapshot (protocol 1.1) are not supported by this server yet".into(),
+            );
+            return;
+        }
+        let log = &self.ctx.log;
+        let after = if req.lsn == 0 { log.end_lsn() } else { req.lsn };
+        match log.cursor(after) {
+            Ok(cursor) => {
+                self.stream = Some(Stream {
+                    cursor,
+                    in_force: HashMap::new(),
+                    live: false,
+                });
+                self.ctx.metrics.session_state(Some("streaming"));
+                self.push(
+                    MsgType::StartReplicationResp,
+                    &pb::StartReplicationResp {
+                        lsn: after,
+                        view_id: String::new(),
+                    },
+                );
+            }
+            Err(LogError::BehindWindow { start_lsn, .. }) => {
+                self.fail(
+                    ErrorCode::BehindWindow,
+                    format!(
+                        "lsn {} is older than the oldest position the server retains ({}); resynchronise from scratch",
+                        crate::pg::lsn::Lsn(req.lsn),
+                        crate::pg::lsn::Lsn(start_lsn)
+                    ),
+                );
+            }
+            Err(e) => {
+                tracing::error!(peer = %self.peer, error = %e, "cursor open failed");
+                self.fail(ErrorCode::Internal, format!("cannot open the log: {e}"));
+            }
+        }
+    }
+
+    fn on_entry(&mut self, entry: Entry) {
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        match entry {
+            Entry::Relation(rel) => {
+                stream.in_force.insert(rel.relation_id, rel.frame.clone());
+            }
+            Entry::Txn(txn) => {
+                for rel_id in &txn.relation_ids {
+                    let Some(def) = stream.in_force.get(rel_id) else {
+                        continue;
+                    };
+                    if self.sent_relations.get(rel_id) != Some(def) {
+                        self.sent_relations.insert(*rel_id, def.clone());
+                        self.out.push(def.clone());
+                        self.ctx.metrics.frame_sent(def.len());
+                    }
+                }
+                self.out.push(txn.frames.clone());
+                self.ctx.metrics.txn_sent(txn.frames.len());
+                self.check_lag();
+            }
+        }
+    }
+
+    fn check_lag(&mut self) {
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        let head = self.ctx.log.head_offset();
+        let lag = head.saturating_sub(stream.cursor.offset()) + self.out.len_bytes() as u64;
+        let max = self.ctx.config.client_max_lag_bytes;
+        if lag <= max {
+            stream.live = true;
+        } else if stream.live {
+            self.ctx.metrics.slow_consumer();
+            self.fail(
+                ErrorCode::SlowConsumer,
+                format!("client fell {lag} bytes behind (CLIENT_MAX_LAG_BYTES = {max}); reconnect and resume from your last Commit.lsn"),
+            );
+        }
+    }
+
+    fn push<M: prost::Message>(&mut self, ty: MsgType, msg: &M) {
+        let frame = encode_frame(ty, msg);
+        self.ctx.metrics.frame_sent(frame.len());
+        self.out.push(frame);
+    }
+
+    fn push_error(&mut self, code: ErrorCode, message: String) {
+        self.push(
+            MsgType::ErrorResp,
+            &pb::ErrorResp {
+                code: code as i32,
+                message,
+                request_id: String::new(),
+            },
+        );
+    }
+
+    /// Queues the error and marks the session closing.
+    fn fail(&mut self, code: ErrorCode, message: String) -> CloseReason {
+        // A fatal error stops the stream at once: nothing after it.
+        self.stream = None;
+        self.push_error(code, message);
+        let reason = CloseReason::Error(code);
+        self.closing = Some(reason.clone());
+        reason
+    }
+}
+
+async fn next_entry(stream: &mut Option<Stream>) -> Result<Entry, LogError> {
+    match stream {
+        Some(s) => s.cursor.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_expiry(expiry: &mut Option<Pin<Box<Sleep>>>) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}

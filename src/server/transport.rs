@@ -1,0 +1,229 @@
+//! One client connection's bytes, TCP or WebSocket, behind one interface.
+//!
+//! Invariant: frames go out whole and in order. The session never awaits a
+//! socket write inside its logic: it pushes whole frames onto an
+//! [`OutQueue`] and drains it from a cancel-safe `select!` branch, so a client
+//! that stops reading stalls only its own queue, never the session's reading
+//! of client frames, its timers, or anyone else.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{Sink, StreamExt};
+use tokio::io::AsyncWrite;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::codec::FramedRead;
+
+use crate::protocol::frame::{Frame, FrameDecoder, FrameError};
+use crate::protocol::pb::ErrorCode;
+
+/// Initial read buffer of a TCP session: small, so idle sessions stay cheap;
+/// it grows to the frame being read (bounded by `MAX_FRAME_BYTES`).
+const TCP_READ_BUFFER: usize = 256;
+
+/// Whole frames waiting to be written, each a complete TCP frame
+/// (`u32` length + type + body). WebSocket sends each minus its prefix.
+#[derive(Default)]
+pub struct OutQueue {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl OutQueue {
+    pub fn push(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Bytes not yet handed to the socket.
+    pub fn len_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
+
+/// What reading the client produced.
+pub enum Incoming {
+    Frame(Frame),
+    /// A frame that breaks the framing rules: answer with this error, close.
+    Invalid { code: ErrorCode, message: String },
+    /// The client closed the connection (or it broke).
+    Closed,
+}
+
+pub enum Reader {
+    Tcp(FramedRead<OwnedReadHalf, FrameDecoder>),
+    Ws(SplitStream<WebSocketStream<TcpStream>>),
+}
+
+pub enum Writer {
+    Tcp {
+        half: OwnedWriteHalf,
+        /// Part of the front frame already written.
+        written: usize,
+    },
+    Ws(SplitSink<WebSocketStream<TcpStream>, Message>),
+}
+
+pub fn tcp(stream: TcpStream, max_frame: u32) -> (Reader, Writer) {
+    let (r, w) = stream.into_split();
+    let reader = FramedRead::with_capacity(r, FrameDecoder::new(max_frame), TCP_READ_BUFFER);
+    (
+        Reader::Tcp(reader),
+        Writer::Tcp {
+            half: w,
+            written: 0,
+        },
+    )
+}
+
+pub fn ws(stream: WebSocketStream<TcpStream>) -> (Reader, Writer) {
+    let (sink, stream) = stream.split();
+    (Reader::Ws(stream), Writer::Ws(sink))
+}
+
+impl Reader {
+    /// Next client frame. Cancel-safe.
+    pub async fn next(&mut self) -> Incoming {
+        match self {
+            Reader::Tcp(framed) => match framed.next().await {
+                Some(Ok(frame)) => Incoming::Frame(frame),
+                Some(Err(FrameError::Io(_))) | None => Incoming::Closed,
+                Some(Err(e @ FrameError::TooLarge { .. })) => Incoming::Invalid {
+                    code: ErrorCode::FrameTooLarge,
+                    message: e.to_string(),
+                },
+                Some(Err(e)) => Incoming::Invalid {
+                    code: ErrorCode::InvalidRequest,
+                    message: e.to_string(),
+                },
+            },
+            Reader::Ws(stream) => loop {
+                match stream.next().await {
+                    Some(Ok(Message::Binary(data))) => {
+                        if data.is_empty() {
+                            return Incoming::Invalid {
+                                code: ErrorCode::InvalidRequest,
+                                message: "empty WebSocket message: a frame needs a type byte"
+                                    .into(),
+                            };
+                        }
+                        let ty = data[0];
+                        return Incoming::Frame(Frame {
+                            ty,
+                            body: data.slice(1..),
+                        });
+                    }
+                    Some(Ok(Message::Text(_))) => {
+                        return Incoming::Invalid {
+                            code: ErrorCode::InvalidRequest,
+                            message: "text WebSocket messages are not part of the protocol; \
+                                      send binary"
+                                .into(),
+                        }
+                    }
+                    // Control frames are answered by tungstenite itself.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    Some(Ok(Message::Close(_))) | None => return Incoming::Closed,
+                    Some(Err(tungstenite::Error::Capacity(e))) => {
+                        return Incoming::Invalid {
+                            code: ErrorCode::FrameTooLarge,
+                            message: format!("WebSocket message too large: {e}"),
+                        }
+                    }
+                    Some(Err(_)) => return Incoming::Closed,
+                }
+            },
+        }
+    }
+}
+
+impl Writer {
+    /// Writes queued frames until the queue is empty and flushed. Cancel-safe:
+    /// progress is kept in `queue` and `self`, so dropping the future loses
+    /// nothing.
+    pub async fn drain(&mut self, queue: &mut OutQueue) -> io::Result<()> {
+        poll_fn(|cx| self.poll_drain(cx, queue)).await
+    }
+
+    fn poll_drain(&mut self, cx: &mut Context<'_>, queue: &mut OutQueue) -> Poll<io::Result<()>> {
+        match self {
+            Writer::Tcp { half, written } => {
+                while !queue.frames.is_empty() {
+                    // Gather several queued frames into one syscall.
+                    let mut slices = [io::IoSlice::new(&[]); 16];
+                    let mut n = 0;
+                    for (i, f) in queue.frames.iter().take(slices.len()).enumerate() {
+                        let part = if i == 0 { &f[*written..] } else { &f[..] };
+                        slices[i] = io::IoSlice::new(part);
+                        n += 1;
+                    }
+                    let wrote =
+                        ready!(Pin::new(&mut *half).poll_write_vectored(cx, &slices[..n]))?;
+                    if wrote == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    queue.bytes -= wrote;
+                    let mut left = wrote;
+                    while left > 0 {
+                        let Some(f) = queue.frames.front() else { break };
+                        let rest = f.len() - *written;
+                        if left >= rest {
+                            left -= rest;
+                            *written = 0;
+                            queue.frames.pop_front();
+                        } else {
+                            *written += left;
+                            left = 0;
+                        }
+                    }
+                }
+                Pin::new(&mut *half).poll_flush(cx)
+            }
+            Writer::Ws(sink) => {
+                while !queue.frames.is_empty() {
+                    ready!(Pin::new(&mut *sink).poll_ready(cx)).map_err(ws_io)?;
+                    let Some(mut frame) = queue.frames.pop_front() else {
+                        break;
+                    };
+                    queue.bytes -= frame.len();
+                    frame.advance(4);
+                    Pin::new(&mut *sink)
+                        .start_send(Message::Binary(frame))
+                        .map_err(ws_io)?;
+                }
+                Pin::new(&mut *sink).poll_flush(cx).map_err(ws_io)
+            }
+        }
+    }
+
+    /// Ends the connection politely (TCP FIN / WebSocket close frame).
+    pub async fn close(&mut self) {
+        match self {
+            Writer::Tcp { half, .. } => {
+                let _ = tokio::io::AsyncWriteExt::shutdown(half).await;
+            }
+            Writer::Ws(sink) => {
+                let _ = futures::SinkExt::close(sink).await;
+            }
+        }
+    }
+}
+
+fn ws_io(e: tungstenite::Error) -> io::Error {
+    match e {
+        tungstenite::Error::Io(e) => e,
+        other => io::Error::other(other),
+    }
+}

@@ -1,0 +1,392 @@
+//! The real `pgsat` binary as a subprocess (so tests can SIGKILL and SIGTERM
+//! it), and a raw protocol client written from protocol.md alone.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use pgsat::protocol::pb;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::PgServer;
+
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+/// A running pgsat process.
+pub struct Pgsat {
+    child: Option<Child>,
+    pub tcp: SocketAddr,
+    pub ws: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    env: Vec<(String, String)>,
+    log_path: PathBuf,
+}
+
+impl Pgsat {
+    /// Starts pgsat against `pg` in insecure auth mode (tests mint unsigned
+    /// tokens) with `extra` environment on top, and waits for /readyz.
+    pub fn start(pg: &PgServer, data_dir: &Path, extra: &[(&str, &str)]) -> Pgsat {
+        let mut env: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), pg.url()),
+            ("AUTH_MODE".into(), "insecure".into()),
+            ("DATA_DIR".into(), data_dir.display().to_string()),
+            ("LOG_LEVEL".into(), "info".into()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(name, _)| name != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let mut p = Pgsat {
+            child: None,
+            tcp: free_addr(),
+            ws: free_addr(),
+            http: free_addr(),
+            data_dir: data_dir.to_path_buf(),
+            env,
+            log_path: data_dir.join("pgsat-test.log"),
+        };
+        p.spawn();
+        p.wait_ready(Duration::from_secs(60));
+        p
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsat"));
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LISTEN_ADDR", self.tcp.to_string())
+            .env("WS_LISTEN_ADDR", self.ws.to_string())
+            .env("HTTP_LISTEN_ADDR", self.http.to_string())
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn pgsat"));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The process's output so far (for assertion messages).
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("pgsat exited during start-up ({status}):\n{}", self.output());
+                }
+            }
+            if matches!(http_get(self.http, "/readyz"), Some((200, _))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pgsat not ready within {within:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits (deadline) for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("pgsat did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts it again with the same ports, data dir and environment.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_ready(Duration::from_secs(60));
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.http, "/metrics").map(|(_, b)| b).unwrap_or_default()
+    }
+}
+
+impl Drop for Pgsat {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Minimal HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// An unsigned (alg none) JWT for insecure mode.
+pub fn insecure_token(user_id: &str, ttl_secs: i64) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let claims = b64.encode(
+        serde_json::json!({"user_id": user_id, "iat": now, "exp": now + ttl_secs}).to_string(),
+    );
+    format!("{header}.{claims}.")
+}
+
+/// A frame as the contract defines it: type byte + protobuf body.
+#[derive(Debug, Clone)]
+pub struct RawFrame {
+    pub ty: u8,
+    pub body: Bytes,
+}
+
+impl RawFrame {
+    pub fn error(&self) -> Option<pb::ErrorResp> {
+        (self.ty == 0).then(|| pb::ErrorResp::decode(self.body.clone()).expect("ErrorResp"))
+    }
+}
+
+/// A raw TCP protocol client (length-prefixed frames), written from the
+/// contract rather than from the server's codec.
+pub struct RawClient {
+    stream: tokio::net::TcpStream,
+    buf: BytesMut,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).ok();
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn send(&mut self, ty: u8, msg: &impl Message) {
+        let body = msg.encode_to_vec();
+        self.send_raw(ty, &body).await;
+    }
+
+    pub async fn send_raw(&mut self, ty: u8, body: &[u8]) {
+        let mut out = BytesMut::with_capacity(5 + body.len());
+        out.put_u32(1 + body.len() as u32);
+        out.put_u8(ty);
+        out.put_slice(body);
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// Next frame, or None when the server closed the connection.
+    pub async fn recv_timeout(&mut self, within: Duration) -> Option<RawFrame> {
+        tokio::time::timeout(within, self.recv())
+            .await
+            .expect("no frame in time")
+    }
+
+    pub async fn recv(&mut self) -> Option<RawFrame> {
+        loop {
+            if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize;
+                assert!(len >= 1, "server sent a zero-length frame");
+                if self.buf.len() >= 4 + len {
+                    self.buf.advance(4);
+                    let mut frame = self.buf.split_to(len).freeze();
+                    let ty = frame.get_u8();
+                    return Some(RawFrame { ty, body: frame });
+                }
+            }
+            let n = self.stream.read_buf(&mut self.buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// True when the server closes the connection within `within`.
+    pub async fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.recv()).await {
+                Ok(None) => return true,
+                Ok(Some(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// AuthReq → expects AuthResp.
+    pub async fn auth(&mut self, token: &str) -> pb::AuthResp {
+        self.send(
+            1,
+            &pb::AuthReq {
+                id: "a1".into(),
+                token: token.into(),
+            },
+        )
+        .await;
+        let f = self
+            .recv_timeout(Duration::from_secs(10))
+            .await
+            .expect("auth answer");
+        assert_eq!(f.ty, 2, "expected AuthResp, got {:?}", f.error());
+        pb::AuthResp::decode(f.body).expect("AuthResp")
+    }
+
+    pub async fn start(&mut self, lsn: u64) -> pb::StartReplicationResp {
+        self.send(
+            3,
+            &pb::StartReplicationReq {
+                lsn,
+                ..Default::default()
+            },
+        )
+        .await;
+        let f = self
+            .recv_timeout(Duration::from_secs(10))
+            .await
+            .expect("start answer");
+        assert_eq!(f.ty, 4, "expected StartReplicationResp, got {:?}", f.error());
+        pb::StartReplicationResp::decode(f.body).expect("StartReplicationResp")
+    }
+}
+
+/// A transaction as a client reassembles it from OpLog frames.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Txn {
+    pub xid: u32,
+    pub lsn: u64,
+    pub ops: Vec<pb::trans_op::Op>,
+}
+
+/// Reassembles transactions from a frame stream; Relations are collected.
+#[derive(Default)]
+pub struct TxnReader {
+    pub relations: std::collections::HashMap<u32, pb::Relation>,
+    pub relation_frames: usize,
+    current: Option<Txn>,
+}
+
+impl TxnReader {
+    /// Feeds one frame; returns the transactions it completed. Panics on a
+    /// protocol violation (an op outside Begin…Commit, an unknown relation).
+    pub fn feed(&mut self, f: &RawFrame) -> Vec<Txn> {
+        let mut done = Vec::new();
+        match f.ty {
+            9 => {
+                let r = pb::Relation::decode(f.body.clone()).expect("Relation");
+                self.relation_frames += 1;
+                self.relations.insert(r.relation_id, r);
+            }
+            10 => {
+                let log = pb::OpLog::decode(f.body.clone()).expect("OpLog");
+                for op in log.ops {
+                    let op = op.op.expect("TransOp.op set");
+                    match op {
+                        pb::trans_op::Op::Begin(b) => {
+                            assert!(self.current.is_none(), "Begin inside a transaction");
+                            self.current = Some(Txn {
+                                xid: b.xid,
+                                lsn: b.commit_lsn,
+                                ops: Vec::new(),
+                            });
+                        }
+                        pb::trans_op::Op::Commit(c) => {
+                            let mut t = self.current.take().expect("Commit without Begin");
+                            assert_eq!(t.lsn, c.lsn, "Begin.commit_lsn = Commit.lsn");
+                            t.lsn = c.lsn;
+                            done.push(t);
+                        }
+                        other => {
+                            let rel = match &other {
+                                pb::trans_op::Op::Insert(i) => Some(i.relation_id),
+                                pb::trans_op::Op::Update(u) => Some(u.relation_id),
+                                pb::trans_op::Op::Delete(d) => Some(d.relation_id),
+                                _ => None,
+                            };
+                            if let Some(rel) = rel {
+                                assert!(
+                                    self.relations.contains_key(&rel),
+                                    "op on relation {rel} before its Relation"
+                                );
+                            }
+                            self.current
+                                .as_mut()
+                                .expect("op outside a transaction")
+                                .ops
+                                .push(other);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        done
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.current.is_some()
+    }
+}
+
+/// Text value of column `i` of a row (None = NULL).
+pub fn cell(row: &pb::Row, i: usize) -> Option<String> {
+    let null = row.nulls.get(i / 8).is_some_and(|b| b & (0x80 >> (i % 8)) != 0);
+    if null {
+        None
+    } else {
+        Some(String::from_utf8(row.values[i].to_vec()).expect("utf8"))
+    }
+}

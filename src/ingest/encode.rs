@@ -297,6 +297,8 @@ impl FrameBuf {
     fn close_frame(&mut self) {
         match self.hdr {
             Some(h) => {
+                // Fits: one pgoutput message is < 1 GiB (Postgres'
+                // MaxAllocSize), and a frame holds ≤ 256 KiB or one op.
                 let len = (1 + self.frame_ops) as u32;
                 self.buf[h..h + 4].copy_from_slice(&len.to_be_bytes());
             }

@@ -810,3 +810,12 @@ fn users_table_setting() {
     );
     assert_eq!(UsersTable::from_setting("users", "id").schema, "public");
 }
+
+/// Compile-time: the assembler over the real catalog can run in a spawned
+/// task (its `push` future is `Send`).
+#[allow(dead_code)]
+fn push_future_is_send(a: &mut TxnAssembler<crate::pg::catalog::PgCatalog>, m: PgOutput) {
+    fn is_send<T: Send>(_: &T) {}
+    let f = a.push(m);
+    is_send(&f);
+}

@@ -72,6 +72,8 @@ pub enum IngestError {
         expected: usize,
         got: usize,
     },
+    #[error("Relation message for {0} given to push_change (use push, which asks the catalog)")]
+    RelationNeedsCatalog(u32),
     #[error("relation {relation_id}: column {column} is in binary format; pgsat requires text (binary 'false')")]
     BinaryValue { relation_id: u32, column: usize },
     #[error("catalog for relation {relation_id} answered {got} columns for {expected}")]
@@ -214,10 +216,7 @@ impl<C: Catalog> TxnAssembler<C> {
             PgOutput::Delete(d) => self.delete(d),
             PgOutput::Truncate(t) => self.truncate(t),
             PgOutput::Origin(_) | PgOutput::Type(_) | PgOutput::Message(_) => Ok(Step::Nothing),
-            PgOutput::Relation(r) => Err(IngestError::UnknownRelation {
-                what: "Relation given to push_change",
-                relation_id: r.relation_id,
-            }),
+            PgOutput::Relation(r) => Err(IngestError::RelationNeedsCatalog(r.relation_id)),
         }
     }
 

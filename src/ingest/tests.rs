@@ -764,7 +764,10 @@ async fn stream_errors() {
     let Ok(PgOutput::Relation(r)) = decode(&items_rel(b'd')) else {
         panic!()
     };
-    assert!(asm().push_change(PgOutput::Relation(r)).is_err());
+    assert!(matches!(
+        asm().push_change(PgOutput::Relation(r)),
+        Err(IngestError::RelationNeedsCatalog(REL))
+    ));
 }
 
 #[tokio::test]

@@ -1,4 +1,6 @@
 //! PostgreSQL side: the replication connection, the pure `pgoutput` decoder,
 //! slot and publication management.
 
+pub mod catalog;
 pub mod lsn;
+pub mod pgoutput;

@@ -1,1 +1,0 @@
-//! pgoutput messages → whole committed transactions, encoded once as wire frames.

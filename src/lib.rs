@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod ingest;
 pub mod log;
+pub mod metrics;
 pub mod pg;
 pub mod protocol;
 pub mod rules;

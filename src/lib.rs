@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod http;
 pub mod ingest;
 pub mod log;
 pub mod metrics;

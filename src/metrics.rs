@@ -41,6 +41,8 @@ use prometheus::{
 
 use crate::protocol::pb::ErrorCode;
 
+pub mod exposition;
+
 /// Kind of row change, for `pgsat_replication_changes_total{op}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChangeOp {
@@ -501,6 +503,8 @@ mod tests {
     fn every_metric_is_exposed_and_prefixed() {
         let m = Metrics::new().unwrap();
         let text = m.encode();
+        let samples = exposition::parse(&text).unwrap();
+        assert!(samples.iter().all(|s| s.name.starts_with("pgsat_")));
         for line in text.lines() {
             let name = line
                 .strip_prefix("# HELP ")

@@ -17,3 +17,4 @@ pub mod pg;
 pub mod protocol;
 pub mod rules;
 pub mod server;
+pub mod telemetry;

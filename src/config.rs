@@ -213,18 +213,11 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let env = Env { lookup };
 
-        let database_url = env
-            .get("DATABASE_URL")
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "DATABASE_URL",
-                    "is required (postgres://user:pass@host:port/db)",
-                )
-            })?
-            .trim()
-            .to_string();
-        values::check_database_url(&database_url)
-            .map_err(|m| ConfigError::new("DATABASE_URL", m))?;
+        // Bad values are reported first (in table order), then missing
+        // required ones, so a single wrong variable is always the one named.
+        let database_url = env.parse("DATABASE_URL", None, |s| {
+            values::check_database_url(s).map(|()| s.to_string())
+        })?;
 
         let mode = env.required("AUTH_MODE", "secure", |s| match s {
             "secure" => Ok(AuthMode::Secure),
@@ -245,28 +238,9 @@ impl Config {
         let jwks_url = env.parse("AUTH_JWT_JWKS_URL", None, |s| {
             values::check_http_url(s).map(|()| s.to_string())
         })?;
-        match (alg, &key, &jwks_url) {
-            (Some(alg), Some(key), _) => values::check_verification_key(alg, key)
-                .map_err(|m| ConfigError::new("AUTH_JWT_KEY", m))?,
-            (Some(alg), None, None) if mode == AuthMode::Secure => {
-                return Err(ConfigError::new(
-                    "AUTH_JWT_KEY",
-                    format!("is required with AUTH_JWT_ALG={alg:?} (or set AUTH_JWT_JWKS_URL)"),
-                ))
-            }
-            (None, Some(_), _) if mode == AuthMode::Secure => {
-                return Err(ConfigError::new(
-                    "AUTH_JWT_ALG",
-                    "is required when AUTH_JWT_KEY is set",
-                ))
-            }
-            (None, None, None) if mode == AuthMode::Secure => {
-                return Err(ConfigError::new(
-                    "AUTH_JWT_ALG",
-                    "is required with AUTH_MODE=secure (set AUTH_JWT_ALG and AUTH_JWT_KEY, or AUTH_JWT_JWKS_URL; AUTH_MODE=insecure only for development)",
-                ))
-            }
-            _ => {}
+        if let (Some(alg), Some(key)) = (alg, &key) {
+            values::check_verification_key(alg, key)
+                .map_err(|m| ConfigError::new("AUTH_JWT_KEY", m))?;
         }
         let iss = env.get("AUTH_JWT_ISS").map(|s| s.trim().to_string());
         let aud = env.get("AUTH_JWT_AUD").map(|s| s.trim().to_string());
@@ -340,6 +314,36 @@ impl Config {
             "json" => Ok(LogFormat::Json),
             other => Err(format!("{other:?} is not text or json")),
         })?;
+
+        let database_url = database_url.ok_or_else(|| {
+            ConfigError::new(
+                "DATABASE_URL",
+                "is required (postgres://user:pass@host:port/db)",
+            )
+        })?;
+        if mode == AuthMode::Secure {
+            match (alg, &key, &jwks_url) {
+                (Some(alg), None, None) => {
+                    return Err(ConfigError::new(
+                        "AUTH_JWT_KEY",
+                        format!("is required with AUTH_JWT_ALG={alg:?} (or set AUTH_JWT_JWKS_URL)"),
+                    ))
+                }
+                (None, Some(_), _) => {
+                    return Err(ConfigError::new(
+                        "AUTH_JWT_ALG",
+                        "is required when AUTH_JWT_KEY is set",
+                    ))
+                }
+                (None, None, None) => {
+                    return Err(ConfigError::new(
+                        "AUTH_JWT_ALG",
+                        "is required with AUTH_MODE=secure (set AUTH_JWT_ALG and AUTH_JWT_KEY, or AUTH_JWT_JWKS_URL; AUTH_MODE=insecure only for development)",
+                    ))
+                }
+                _ => {}
+            }
+        }
 
         Ok(Config {
             database_url,
@@ -572,6 +576,17 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_value_is_named_before_a_missing_one() {
+        let e = load(&[("WINDOW_MAX_BYTES", "12XB")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"WINDOW_MAX_BYTES: "12XB" is not a size (use bytes or KiB/MiB/GiB, e.g. 65536, 64MiB, 1GiB)"#
+        );
+        let e = load(&[("DATABASE_URL", URL), ("LOG_FORMAT", "yaml")]).unwrap_err();
+        assert_eq!(e.var, "LOG_FORMAT");
+    }
+
+    #[test]
     fn database_url_required_and_checked_without_leaking_password() {
         let e = load(&[("AUTH_MODE", "insecure")]).unwrap_err();
         assert_eq!(e.var, "DATABASE_URL");
@@ -627,8 +642,8 @@ mod tests {
 
     #[test]
     fn pem_key_with_escaped_newlines_is_unescaped() {
-        // A real EC P-256 public key.
-        let pem = "-----BEGIN PUBLIC KEY-----\\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEEVs/o5+uQbTjL3chynL4wXgUg2R9\\nq9UU8I5mEovUf86QZ7kOBIjJwqnzD1omageEHWwHdBO6B+dFabmdT9POxg==\\n-----END PUBLIC KEY-----\\n";
+        // A real EC P-256 public key (the pair of the one in cli::token's tests).
+        let pem = "-----BEGIN PUBLIC KEY-----\\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE3CKCdl/07HrEtkA53xs1sVMFYhUq\\ncE2LOGiLoZyGtH3z6eAzX5pv53tXSjAGVGKst9O43rYwO7RTPrp/bp3ECg==\\n-----END PUBLIC KEY-----\\n";
         let c = load(&[
             ("DATABASE_URL", URL),
             ("AUTH_JWT_ALG", "ES256"),

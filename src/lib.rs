@@ -8,6 +8,7 @@
 //! disk + in-memory cache) → `server` (sessions, one cursor each) → sockets.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ingest;

@@ -19,8 +19,8 @@ pub enum AuthMode {
     Insecure,
 }
 
-/// Everything the `auth` module needs, validated.
-#[derive(Clone, Debug)]
+/// Everything the `auth` module needs, validated. `Debug` hides the key.
+#[derive(Clone)]
 pub struct AuthSettings {
     pub mode: AuthMode,
     /// `AUTH_JWT_ALG`, validated to one of HS256/384/512, RS256/384/512,
@@ -47,8 +47,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// The proxy's whole configuration.
-#[derive(Clone, Debug)]
+/// The proxy's whole configuration. `Debug` hides the database password
+/// and the JWT key, so logging `{config:?}` is safe.
+#[derive(Clone)]
 pub struct Config {
     /// `DATABASE_URL` as given (`postgres://user:pass@host:port/db`).
     pub database_url: String,
@@ -69,6 +70,66 @@ pub struct Config {
     pub server_id: String,
     pub log_level: String,
     pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("mode", &self.mode)
+            .field("alg", &self.alg)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("jwks_url", &self.jwks_url)
+            .field("iss", &self.iss)
+            .field("aud", &self.aud)
+            .field("namespace", &self.namespace)
+            .field("leeway", &self.leeway)
+            .field("users_table", &self.users_table)
+            .field("users_id_column", &self.users_id_column)
+            .field("auth_timeout", &self.auth_timeout)
+            .field("refresh_grace", &self.refresh_grace)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &self.redacted_database_url())
+            .field("auth", &self.auth)
+            .field("rules_file", &self.rules_file)
+            .field("listen_addr", &self.listen_addr)
+            .field("ws_listen_addr", &self.ws_listen_addr)
+            .field("http_listen_addr", &self.http_listen_addr)
+            .field("replication_slot", &self.replication_slot)
+            .field("publication", &self.publication)
+            .field("data_dir", &self.data_dir)
+            .field("window_max_bytes", &self.window_max_bytes)
+            .field("window_max_age", &self.window_max_age)
+            .field("cache_max_bytes", &self.cache_max_bytes)
+            .field("client_max_lag_bytes", &self.client_max_lag_bytes)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("server_id", &self.server_id)
+            .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+impl Config {
+    /// `DATABASE_URL` with the password replaced by `***`, for logs.
+    pub fn redacted_database_url(&self) -> String {
+        match url::Url::parse(&self.database_url) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    // Cannot fail: a URL that has a password has a host.
+                    let _ = u.set_password(Some("***"));
+                }
+                u.to_string()
+            }
+            Err(_) => "<unparsable>".to_string(),
+        }
+    }
 }
 
 /// A configuration value that stops start-up. `Display` is one line: the
@@ -573,6 +634,26 @@ mod tests {
             assert!(line.contains(expected), "{var}={value}: {line}");
             assert!(!line.contains('\n'), "{line}");
         }
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let c = load(&[
+            ("DATABASE_URL", "postgres://u:hunter2@db:5432/app"),
+            ("AUTH_JWT_ALG", "HS256"),
+            ("AUTH_JWT_KEY", "topsecret"),
+        ])
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("hunter2") && !dbg.contains("topsecret"),
+            "{dbg}"
+        );
+        assert!(
+            dbg.contains("u:***@db:5432/app") && dbg.contains("<redacted>"),
+            "{dbg}"
+        );
+        assert_eq!(c.redacted_database_url(), "postgres://u:***@db:5432/app");
     }
 
     #[test]

@@ -318,7 +318,7 @@ impl Config {
             if path.is_file() {
                 Ok(path)
             } else {
-                Err(format!("{s:?} is not a readable file"))
+                Err(format!("{s:?} does not exist or is not a file"))
             }
         })?;
         let auth_timeout = env.duration("AUTH_TIMEOUT", "5s", false)?;

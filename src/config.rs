@@ -604,7 +604,7 @@ mod tests {
             (
                 "RULES_FILE",
                 "/nonexistent/rules.json",
-                "not a readable file",
+                "does not exist",
             ),
             ("AUTH_TIMEOUT", "0s", "greater than zero"),
             ("AUTH_TIMEOUT", "soon", "not a duration"),

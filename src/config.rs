@@ -601,11 +601,7 @@ mod tests {
             ("AUTH_JWT_LEEWAY", "5", "no unit"),
             ("AUTH_USERS_TABLE", "a.b.c", "schema.table"),
             ("AUTH_USERS_ID_COLUMN", "id;drop", "not an identifier"),
-            (
-                "RULES_FILE",
-                "/nonexistent/rules.json",
-                "does not exist",
-            ),
+            ("RULES_FILE", "/nonexistent/rules.json", "does not exist"),
             ("AUTH_TIMEOUT", "0s", "greater than zero"),
             ("AUTH_TIMEOUT", "soon", "not a duration"),
             ("AUTH_REFRESH_GRACE", "-1s", "not a duration"),

@@ -8,10 +8,14 @@
 //! disk + in-memory cache) → `server` (sessions, one cursor each) → sockets.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod http;
 pub mod ingest;
 pub mod log;
+pub mod metrics;
 pub mod pg;
 pub mod protocol;
 pub mod rules;
 pub mod server;
+pub mod telemetry;

@@ -1,3 +1,5 @@
-fn main() {
-    println!("pgsat");
+//! The `pgsat` binary; everything lives in the library (`pgsat::cli`).
+
+fn main() -> std::process::ExitCode {
+    pgsat::cli::main()
 }

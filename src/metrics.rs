@@ -1,0 +1,639 @@
+//! Prometheus metrics: one `Metrics` value (created once, shared via `Arc`)
+//! holding typed handles in its own `Registry`; every name starts `pgsat_`.
+//! Invariant: every labelled series is resolved when `Metrics` is built, so
+//! updating a metric on the hot path is an atomic operation on a handle —
+//! no lock, no hashing of label values, no allocation.
+//!
+//! | name | type | meaning |
+//! |---|---|---|
+//! | `pgsat_build_info{version}` | gauge | always 1; the running version |
+//! | `pgsat_replication_connected` | gauge | 1 while the replication stream from Postgres is up |
+//! | `pgsat_replication_received_lsn` | gauge | end LSN of the last WAL data received (as a number) |
+//! | `pgsat_replication_confirmed_lsn` | gauge | LSN confirmed (flushed) to the slot |
+//! | `pgsat_replication_lag_bytes` | gauge | bytes between the server's current WAL position and the received LSN |
+//! | `pgsat_replication_slot_retained_wal_bytes` | gauge | WAL the slot holds back on the server (current WAL − slot restart_lsn) |
+//! | `pgsat_replication_transactions_total` | counter | committed transactions received |
+//! | `pgsat_replication_changes_total{op}` | counter | row changes received, `op` = insert/update/delete/truncate |
+//! | `pgsat_replication_decode_errors_total` | counter | pgoutput messages that could not be decoded |
+//! | `pgsat_replication_reconnects_total` | counter | replication connections re-established after a loss |
+//! | `pgsat_window_bytes` | gauge | bytes of transactions retained for resuming clients |
+//! | `pgsat_window_transactions` | gauge | transactions retained in the window |
+//! | `pgsat_window_oldest_lsn` | gauge | commit LSN of the oldest retained transaction (0 when empty) |
+//! | `pgsat_cache_bytes` | gauge | bytes of the newest transactions held in memory |
+//! | `pgsat_log_disk_bytes` | gauge | bytes of the log's segment files on disk |
+//! | `pgsat_log_durable_lsn` | gauge | highest commit LSN durably written (fsynced) to the log |
+//! | `pgsat_log_write_errors_total` | counter | failed writes/fsyncs of the log |
+//! | `pgsat_sessions{state}` | gauge | open sessions, `state` = authenticating/streaming/paused |
+//! | `pgsat_sessions_opened_total` | counter | client connections accepted |
+//! | `pgsat_sessions_closed_total{reason}` | counter | sessions closed, `reason` = `client_closed` or the error code sent, lowercase (`slow_consumer`, `auth_failed`, `shutting_down`, …) |
+//! | `pgsat_auth_attempts_total{result}` | counter | AuthReq outcomes: `ok`, `auth_failed`, `token_expired`, `user_not_found`, `principal_changed`, `internal` |
+//! | `pgsat_sent_bytes_total` | counter | bytes written to client sockets |
+//! | `pgsat_sent_frames_total` | counter | frames written to client sockets |
+//! | `pgsat_session_lag_bytes` | histogram | per-session distance (bytes of WAL) between the newest transaction and what the session was sent, observed as it streams |
+//! | `pgsat_slow_consumer_disconnects_total` | counter | sessions closed with SLOW_CONSUMER |
+//! | `pgsat_auth_insecure_mode` | gauge | 1 when AUTH_MODE=insecure (tokens not verified) |
+//! | `pgsat_read_rules_enabled` | gauge | 1 when RULES_FILE is loaded |
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::protocol::pb::ErrorCode;
+
+pub mod exposition;
+
+/// Kind of row change, for `pgsat_replication_changes_total{op}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeOp {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl ChangeOp {
+    pub const ALL: [ChangeOp; 4] = [
+        ChangeOp::Insert,
+        ChangeOp::Update,
+        ChangeOp::Delete,
+        ChangeOp::Truncate,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ChangeOp::Insert => "insert",
+            ChangeOp::Update => "update",
+            ChangeOp::Delete => "delete",
+            ChangeOp::Truncate => "truncate",
+        }
+    }
+}
+
+/// Session state, for `pgsat_sessions{state}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    Authenticating,
+    Streaming,
+    Paused,
+}
+
+impl SessionState {
+    pub const ALL: [SessionState; 3] = [
+        SessionState::Authenticating,
+        SessionState::Streaming,
+        SessionState::Paused,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SessionState::Authenticating => "authenticating",
+            SessionState::Streaming => "streaming",
+            SessionState::Paused => "paused",
+        }
+    }
+}
+
+/// Outcome of one `AuthReq`, for `pgsat_auth_attempts_total{result}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthResult {
+    Ok,
+    /// AUTH_FAILED: malformed, bad signature, wrong alg/iss/aud, bad user_id…
+    Failed,
+    TokenExpired,
+    UserNotFound,
+    PrincipalChanged,
+    /// The check could not be made (e.g. the users-table query failed).
+    Internal,
+}
+
+impl AuthResult {
+    pub const ALL: [AuthResult; 6] = [
+        AuthResult::Ok,
+        AuthResult::Failed,
+        AuthResult::TokenExpired,
+        AuthResult::UserNotFound,
+        AuthResult::PrincipalChanged,
+        AuthResult::Internal,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthResult::Ok => "ok",
+            AuthResult::Failed => "auth_failed",
+            AuthResult::TokenExpired => "token_expired",
+            AuthResult::UserNotFound => "user_not_found",
+            AuthResult::PrincipalChanged => "principal_changed",
+            AuthResult::Internal => "internal",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a session ended, for `pgsat_sessions_closed_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed the connection (or it was lost) without an error from us.
+    ClientClosed,
+    /// We sent this `ErrorResp` code and closed.
+    Error(ErrorCode),
+}
+
+/// One counter per `ChangeOp`.
+#[derive(Clone, Debug)]
+pub struct ChangeCounters {
+    pub insert: IntCounter,
+    pub update: IntCounter,
+    pub delete: IntCounter,
+    pub truncate: IntCounter,
+}
+
+impl ChangeCounters {
+    pub fn get(&self, op: ChangeOp) -> &IntCounter {
+        match op {
+            ChangeOp::Insert => &self.insert,
+            ChangeOp::Update => &self.update,
+            ChangeOp::Delete => &self.delete,
+            ChangeOp::Truncate => &self.truncate,
+        }
+    }
+}
+
+/// One gauge per `SessionState`.
+#[derive(Clone, Debug)]
+pub struct SessionGauges {
+    pub authenticating: IntGauge,
+    pub streaming: IntGauge,
+    pub paused: IntGauge,
+}
+
+impl SessionGauges {
+    pub fn get(&self, state: SessionState) -> &IntGauge {
+        match state {
+            SessionState::Authenticating => &self.authenticating,
+            SessionState::Streaming => &self.streaming,
+            SessionState::Paused => &self.paused,
+        }
+    }
+}
+
+/// Every pgsat metric. Fields are the handles themselves: `inc()`, `set()`,
+/// `observe()` on them are lock-free.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+
+    pub build_info: IntGauge,
+
+    pub replication_connected: IntGauge,
+    pub replication_received_lsn: IntGauge,
+    pub replication_confirmed_lsn: IntGauge,
+    pub replication_lag_bytes: IntGauge,
+    pub replication_slot_retained_wal_bytes: IntGauge,
+    pub replication_transactions: IntCounter,
+    pub replication_changes: ChangeCounters,
+    pub replication_decode_errors: IntCounter,
+    pub replication_reconnects: IntCounter,
+
+    pub window_bytes: IntGauge,
+    pub window_transactions: IntGauge,
+    pub window_oldest_lsn: IntGauge,
+    pub cache_bytes: IntGauge,
+    pub log_disk_bytes: IntGauge,
+    pub log_durable_lsn: IntGauge,
+    pub log_write_errors: IntCounter,
+
+    pub sessions: SessionGauges,
+    pub sessions_opened: IntCounter,
+    /// Indexed by `ErrorCode as usize`; see [`Metrics::session_closed`].
+    sessions_closed_by_code: Vec<Option<IntCounter>>,
+    sessions_closed_client: IntCounter,
+    /// Indexed by `AuthResult::index`; see [`Metrics::auth_attempt`].
+    auth_attempts: Vec<IntCounter>,
+    pub sent_bytes: IntCounter,
+    pub sent_frames: IntCounter,
+    pub session_lag_bytes: Histogram,
+    pub slow_consumer_disconnects: IntCounter,
+
+    pub auth_insecure_mode: IntGauge,
+    pub read_rules_enabled: IntGauge,
+}
+
+/// Every `ErrorCode` value, in number order.
+fn all_error_codes() -> Vec<ErrorCode> {
+    (0..=255)
+        .filter_map(|n: i32| ErrorCode::try_from(n).ok())
+        .collect()
+}
+
+/// An LSN (or any u64 position) as a gauge value; positions beyond `i64::MAX`
+/// (never seen in practice) saturate.
+pub fn u64_gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Lowercase label value of an error code (`SLOW_CONSUMER` → `slow_consumer`).
+pub fn error_code_label(code: ErrorCode) -> String {
+    code.as_str_name().to_ascii_lowercase()
+}
+
+impl Metrics {
+    /// Builds and registers every metric. Fails only on a programming error
+    /// (duplicate or invalid metric names), which the tests exercise.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let counter_vec =
+            |name: &str, help: &str, label: &str| -> Result<IntCounterVec, prometheus::Error> {
+                let v = IntCounterVec::new(Opts::new(name, help), &[label])?;
+                registry.register(Box::new(v.clone()))?;
+                Ok(v)
+            };
+
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "pgsat_build_info",
+                "Always 1; labelled with the running version.",
+            ),
+            &["version"],
+        )?;
+        registry.register(Box::new(build.clone()))?;
+        let build_info = build.get_metric_with_label_values(&[env!("CARGO_PKG_VERSION")])?;
+        build_info.set(1);
+
+        let changes = counter_vec(
+            "pgsat_replication_changes_total",
+            "Row changes received from Postgres, by operation.",
+            "op",
+        )?;
+        let replication_changes = ChangeCounters {
+            insert: changes.get_metric_with_label_values(&[ChangeOp::Insert.label()])?,
+            update: changes.get_metric_with_label_values(&[ChangeOp::Update.label()])?,
+            delete: changes.get_metric_with_label_values(&[ChangeOp::Delete.label()])?,
+            truncate: changes.get_metric_with_label_values(&[ChangeOp::Truncate.label()])?,
+        };
+
+        let states = IntGaugeVec::new(
+            Opts::new("pgsat_sessions", "Open client sessions, by state."),
+            &["state"],
+        )?;
+        registry.register(Box::new(states.clone()))?;
+        let sessions = SessionGauges {
+            authenticating: states
+                .get_metric_with_label_values(&[SessionState::Authenticating.label()])?,
+            streaming: states.get_metric_with_label_values(&[SessionState::Streaming.label()])?,
+            paused: states.get_metric_with_label_values(&[SessionState::Paused.label()])?,
+        };
+
+        let closed = counter_vec(
+            "pgsat_sessions_closed_total",
+            "Sessions closed, by reason: client_closed or the error code sent (lowercase).",
+            "reason",
+        )?;
+        let mut sessions_closed_by_code = Vec::new();
+        for code in all_error_codes() {
+            let i = code as usize;
+            if sessions_closed_by_code.len() <= i {
+                sessions_closed_by_code.resize(i + 1, None);
+            }
+            sessions_closed_by_code[i] =
+                Some(closed.get_metric_with_label_values(&[&error_code_label(code)])?);
+        }
+        let sessions_closed_client = closed.get_metric_with_label_values(&["client_closed"])?;
+
+        let auth = counter_vec(
+            "pgsat_auth_attempts_total",
+            "AuthReq outcomes, by result.",
+            "result",
+        )?;
+        let auth_attempts = AuthResult::ALL
+            .iter()
+            .map(|r| auth.get_metric_with_label_values(&[r.label()]))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let session_lag_bytes = Histogram::with_opts(
+            HistogramOpts::new(
+                "pgsat_session_lag_bytes",
+                "Per-session distance in WAL bytes between the newest transaction and what the session was sent.",
+            )
+            // 1 KiB, 4 KiB, … 1 GiB.
+            .buckets(prometheus::exponential_buckets(1024.0, 4.0, 11)?),
+        )?;
+        registry.register(Box::new(session_lag_bytes.clone()))?;
+
+        Ok(Metrics {
+            build_info,
+            replication_connected: gauge(
+                "pgsat_replication_connected",
+                "1 while the replication stream from Postgres is up.",
+            )?,
+            replication_received_lsn: gauge(
+                "pgsat_replication_received_lsn",
+                "End LSN of the last WAL data received.",
+            )?,
+            replication_confirmed_lsn: gauge(
+                "pgsat_replication_confirmed_lsn",
+                "LSN confirmed (flushed) to the replication slot.",
+            )?,
+            replication_lag_bytes: gauge(
+                "pgsat_replication_lag_bytes",
+                "Bytes between the server's current WAL position and the received LSN.",
+            )?,
+            replication_slot_retained_wal_bytes: gauge(
+                "pgsat_replication_slot_retained_wal_bytes",
+                "WAL bytes the slot holds back on the server.",
+            )?,
+            replication_transactions: counter(
+                "pgsat_replication_transactions_total",
+                "Committed transactions received from Postgres.",
+            )?,
+            replication_changes,
+            replication_decode_errors: counter(
+                "pgsat_replication_decode_errors_total",
+                "pgoutput messages that could not be decoded.",
+            )?,
+            replication_reconnects: counter(
+                "pgsat_replication_reconnects_total",
+                "Replication connections re-established after a loss.",
+            )?,
+            window_bytes: gauge(
+                "pgsat_window_bytes",
+                "Bytes of transactions retained for resuming clients.",
+            )?,
+            window_transactions: gauge(
+                "pgsat_window_transactions",
+                "Transactions retained in the window.",
+            )?,
+            window_oldest_lsn: gauge(
+                "pgsat_window_oldest_lsn",
+                "Commit LSN of the oldest retained transaction (0 when empty).",
+            )?,
+            cache_bytes: gauge(
+                "pgsat_cache_bytes",
+                "Bytes of the newest transactions held in memory.",
+            )?,
+            log_disk_bytes: gauge(
+                "pgsat_log_disk_bytes",
+                "Bytes of the log's segment files on disk.",
+            )?,
+            log_durable_lsn: gauge(
+                "pgsat_log_durable_lsn",
+                "Highest commit LSN durably written to the log.",
+            )?,
+            log_write_errors: counter(
+                "pgsat_log_write_errors_total",
+                "Failed writes or fsyncs of the log.",
+            )?,
+            sessions,
+            sessions_opened: counter(
+                "pgsat_sessions_opened_total",
+                "Client connections accepted.",
+            )?,
+            sessions_closed_by_code,
+            sessions_closed_client,
+            auth_attempts,
+            sent_bytes: counter("pgsat_sent_bytes_total", "Bytes written to client sockets.")?,
+            sent_frames: counter(
+                "pgsat_sent_frames_total",
+                "Frames written to client sockets.",
+            )?,
+            session_lag_bytes,
+            slow_consumer_disconnects: counter(
+                "pgsat_slow_consumer_disconnects_total",
+                "Sessions closed with SLOW_CONSUMER.",
+            )?,
+            auth_insecure_mode: gauge(
+                "pgsat_auth_insecure_mode",
+                "1 when AUTH_MODE=insecure (tokens are not verified).",
+            )?,
+            read_rules_enabled: gauge(
+                "pgsat_read_rules_enabled",
+                "1 when read rules (RULES_FILE) are loaded.",
+            )?,
+            registry,
+        })
+    }
+
+    /// Counts a closed session. `Error(SLOW_CONSUMER)` also counts in
+    /// `pgsat_slow_consumer_disconnects_total`.
+    pub fn session_closed(&self, reason: CloseReason) {
+        match reason {
+            CloseReason::ClientClosed => self.sessions_closed_client.inc(),
+            CloseReason::Error(code) => {
+                if code == ErrorCode::SlowConsumer {
+                    self.slow_consumer_disconnects.inc();
+                }
+                // Every ErrorCode has a counter (built from the same enum);
+                // a code missing from it would only go uncounted.
+                if let Some(Some(c)) = self.sessions_closed_by_code.get(code as usize) {
+                    c.inc();
+                }
+            }
+        }
+    }
+
+    /// Counts one `AuthReq` outcome.
+    pub fn auth_attempt(&self, result: AuthResult) {
+        if let Some(c) = self.auth_attempts.get(result.index()) {
+            c.inc();
+        }
+    }
+
+    /// Moves one session between states in `pgsat_sessions{state}`: `None`
+    /// as `from` for a new session, `None` as `to` for a closed one.
+    pub fn session_state(&self, from: Option<SessionState>, to: Option<SessionState>) {
+        if let Some(s) = from {
+            self.sessions.get(s).dec();
+        }
+        if let Some(s) = to {
+            self.sessions.get(s).inc();
+        }
+    }
+
+    /// Sets an LSN/position gauge from a `u64`.
+    pub fn set_u64(gauge: &IntGauge, v: u64) {
+        gauge.set(u64_gauge(v));
+    }
+
+    /// The registry, for tests or for registering extra collectors.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// All metrics in the Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    /// The `Content-Type` of [`Metrics::encode`]'s output.
+    pub fn content_type(&self) -> String {
+        TextEncoder::new().format_type().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Value of the sample line `series` (exact name+labels) in `text`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+    }
+
+    #[test]
+    fn every_metric_is_exposed_and_prefixed() {
+        let m = Metrics::new().unwrap();
+        let text = m.encode();
+        let samples = exposition::parse(&text).unwrap();
+        assert!(samples.iter().all(|s| s.name.starts_with("pgsat_")));
+        for line in text.lines() {
+            let name = line
+                .strip_prefix("# HELP ")
+                .or_else(|| line.strip_prefix("# TYPE "))
+                .unwrap_or(line);
+            assert!(name.starts_with("pgsat_"), "{line}");
+        }
+        // The documented table at the top of this file lists exactly the
+        // exposed families.
+        let documented: Vec<&str> = include_str!("metrics.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! | `pgsat_"))
+            .filter_map(|l| l.split(['`', '{']).next())
+            .collect();
+        let exposed: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE pgsat_"))
+            .filter_map(|l| l.split(' ').next())
+            .map(|s| s.to_string())
+            .collect();
+        let mut documented: Vec<String> = documented.iter().map(|s| s.to_string()).collect();
+        documented.sort();
+        let mut exposed_sorted = exposed.clone();
+        exposed_sorted.sort();
+        assert_eq!(documented, exposed_sorted);
+        assert_eq!(
+            sample(
+                &text,
+                &format!(
+                    "pgsat_build_info{{version=\"{}\"}}",
+                    env!("CARGO_PKG_VERSION")
+                )
+            ),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn handles_move_their_series() {
+        let m = Metrics::new().unwrap();
+        m.replication_changes.get(ChangeOp::Update).inc_by(3);
+        m.session_closed(CloseReason::Error(ErrorCode::SlowConsumer));
+        m.session_closed(CloseReason::Error(ErrorCode::TableNotReadable));
+        m.session_closed(CloseReason::ClientClosed);
+        m.auth_attempt(AuthResult::UserNotFound);
+        m.session_state(None, Some(SessionState::Authenticating));
+        m.session_state(
+            Some(SessionState::Authenticating),
+            Some(SessionState::Streaming),
+        );
+        Metrics::set_u64(&m.replication_received_lsn, 0x1_0000_0010);
+        Metrics::set_u64(&m.log_durable_lsn, u64::MAX);
+        m.session_lag_bytes.observe(5000.0);
+        let t = m.encode();
+        assert_eq!(
+            sample(&t, r#"pgsat_replication_changes_total{op="update"}"#),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&t, r#"pgsat_replication_changes_total{op="insert"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&t, r#"pgsat_sessions_closed_total{reason="slow_consumer"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &t,
+                r#"pgsat_sessions_closed_total{reason="table_not_readable"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&t, r#"pgsat_sessions_closed_total{reason="client_closed"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&t, r#"pgsat_sessions_closed_total{reason="auth_failed"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&t, "pgsat_slow_consumer_disconnects_total"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&t, r#"pgsat_auth_attempts_total{result="user_not_found"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&t, r#"pgsat_auth_attempts_total{result="ok"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&t, r#"pgsat_sessions{state="authenticating"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&t, r#"pgsat_sessions{state="streaming"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&t, "pgsat_replication_received_lsn"),
+            Some(4294967312.0)
+        );
+        assert_eq!(sample(&t, "pgsat_log_durable_lsn"), Some(i64::MAX as f64));
+        assert_eq!(
+            sample(&t, r#"pgsat_session_lag_bytes_bucket{le="4096"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&t, r#"pgsat_session_lag_bytes_bucket{le="16384"}"#),
+            Some(1.0)
+        );
+        assert_eq!(sample(&t, "pgsat_session_lag_bytes_count"), Some(1.0));
+    }
+
+    #[test]
+    fn every_error_code_has_a_close_counter() {
+        let m = Metrics::new().unwrap();
+        let codes = all_error_codes();
+        assert!(codes.len() >= 17, "{codes:?}");
+        for code in codes {
+            m.session_closed(CloseReason::Error(code));
+            let series = format!(
+                "pgsat_sessions_closed_total{{reason=\"{}\"}}",
+                error_code_label(code)
+            );
+            assert_eq!(sample(&m.encode(), &series), Some(1.0), "{series}");
+        }
+    }
+}

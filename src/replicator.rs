@@ -17,14 +17,14 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::ingest::{Assembled, TxnAssembler, UsersTable};
-use crate::log::{Entry, Log};
+use crate::ingest::{Step, TxnAssembler, UsersTable};
+use crate::log::Log;
 use crate::metrics::Metrics;
 use crate::pg::catalog::PgCatalog;
 use crate::pg::conn::{ConnParams, ReplicationConn};
 use crate::pg::lsn::Lsn;
 use crate::pg::pgoutput;
-use crate::pg::replication::{ReplMessage, ReplicationStream};
+use crate::pg::replication::ReplMessage;
 use crate::pg::slot;
 use crate::pg::PgError;
 use crate::server::registry::Registry;
@@ -137,16 +137,16 @@ impl Replicator {
                     match msg {
                         ReplMessage::XLogData { wal_end, data, .. } => {
                             received = received.max(wal_end);
-                            self.metrics.received_lsn.set(received as i64);
+                            Metrics::set_u64(&self.metrics.replication_received_lsn, received);
                             let decoded = pgoutput::decode(&data).map_err(|e| {
-                                self.metrics.decode_errors.inc();
+                                self.metrics.replication_decode_errors.inc();
                                 RunError::Fatal(format!("undecodable pgoutput message: {e}"))
                             })?;
-                            let out = assembler
+                            let step = assembler
                                 .push(decoded)
                                 .await
                                 .map_err(|e| RunError::Fatal(e.to_string()))?;
-                            self.apply(out)?;
+                            self.apply(step)?;
                             if self.log.needs_room() {
                                 // Backpressure from a slow or full disk: keep
                                 // answering Postgres while the writer catches up.
@@ -175,7 +175,7 @@ impl Replicator {
                                 stream.send_status(received.max(flush), flush, flush, false).await?;
                                 confirmed = flush;
                                 last_confirm = tokio::time::Instant::now();
-                                self.metrics.confirmed_lsn.set(flush as i64);
+                                Metrics::set_u64(&self.metrics.replication_confirmed_lsn, flush);
                             }
                         }
                     }
@@ -189,7 +189,7 @@ impl Replicator {
                         stream.send_status(received.max(flush), flush, flush, false).await?;
                         confirmed = flush;
                         last_confirm = tokio::time::Instant::now();
-                        self.metrics.confirmed_lsn.set(flush as i64);
+                        Metrics::set_u64(&self.metrics.replication_confirmed_lsn, flush);
                     }
                 }
                 _ = ticker.tick() => {
@@ -197,7 +197,7 @@ impl Replicator {
                     stream.send_status(received.max(flush), flush, flush, false).await?;
                     confirmed = flush;
                     last_confirm = tokio::time::Instant::now();
-                    self.metrics.confirmed_lsn.set(flush as i64);
+                    Metrics::set_u64(&self.metrics.replication_confirmed_lsn, flush);
                 }
             }
         }
@@ -214,29 +214,36 @@ impl Replicator {
         }
     }
 
-    fn apply(&self, out: Assembled) -> Result<(), RunError> {
-        for entry in out.entries {
-            match entry {
-                Entry::Relation(rel) => self
-                    .log
-                    .append_relation((*rel).clone())
-                    .map_err(|e| RunError::Fatal(e.to_string()))?,
-                Entry::Txn(txn) => {
-                    self.metrics.txns_received.inc();
+    fn apply(&self, step: Step) -> Result<(), RunError> {
+        match step {
+            Step::Nothing => {}
+            // A Relation arrives inside the transaction that first uses it:
+            // appending it now puts it before that transaction in the log.
+            Step::Relation(rel) => self
+                .log
+                .append_relation((*rel).clone())
+                .map_err(|e| RunError::Fatal(e.to_string()))?,
+            Step::Committed(c) => {
+                if let Some(txn) = &c.txn {
+                    self.metrics.replication_transactions.inc();
                     let appended = self
                         .log
-                        .append_txn((*txn).clone())
+                        .append_txn((**txn).clone())
                         .map_err(|e| RunError::Fatal(e.to_string()))?;
                     if !appended {
                         tracing::debug!(lsn = %Lsn(txn.commit_lsn), "skipped a transaction the log already has");
                     }
                 }
-            }
-        }
-        for user in out.deleted_users {
-            let n = self.registry.user_deleted(&user);
-            if n > 0 {
-                tracing::info!(user_id = %user, sessions = n, "user row deleted: closing the user's sessions");
+                if c.removed_users.all {
+                    let n = self.registry.all_users_deleted();
+                    tracing::info!(sessions = n, "users table truncated: closing every session");
+                }
+                for user in &c.removed_users.ids {
+                    let n = self.registry.user_deleted(user);
+                    if n > 0 {
+                        tracing::info!(user_id = %user, sessions = n, "user row deleted: closing the user's sessions");
+                    }
+                }
             }
         }
         Ok(())
@@ -292,6 +299,3 @@ fn jitter(d: Duration) -> Duration {
     d + d.mul_f64((nanos % 1000) as f64 / 4000.0)
 }
 
-// Keep the stream type named so signatures above stay readable.
-#[allow(dead_code)]
-type Stream = ReplicationStream;

@@ -77,8 +77,8 @@ pub async fn run_until(
     on_ready: impl FnOnce(BoundAddrs),
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::new());
-    let readiness = Arc::new(Readiness::default());
+    let metrics = Arc::new(Metrics::new()?);
+    let readiness = Arc::new(Readiness::new());
     if config.auth.mode == crate::config::AuthMode::Insecure {
         tracing::warn!("AUTH_MODE=insecure: token signatures are NOT verified. Development only: never expose this server to untrusted clients.");
         metrics.auth_insecure_mode.set(1);
@@ -140,7 +140,7 @@ pub async fn run_until(
         log: log.clone(),
         metrics: metrics.clone(),
         registry: registry.clone(),
-        users_table: Some(UsersTable::parse(
+        users_table: Some(UsersTable::from_setting(
             &config.auth.users_table,
             &config.auth.users_id_column,
         )),

@@ -59,6 +59,19 @@ impl Registry {
         }
     }
 
+    /// The users table was truncated: every session's user is gone.
+    pub fn all_users_deleted(&self) -> usize {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for sessions in map.values() {
+            for (_, notify) in sessions {
+                notify.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
+
     pub fn sessions_of(&self, user_id: &str) -> usize {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.get(user_id).map_or(0, Vec::len)

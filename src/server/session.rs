@@ -31,6 +31,7 @@ use crate::protocol::frame::encode_frame;
 use crate::protocol::message::ClientMessage;
 use crate::protocol::msg_type::MsgType;
 use crate::protocol::pb;
+use crate::metrics::{AuthResult, CloseReason, SessionState};
 use crate::protocol::pb::ErrorCode;
 
 /// Queue size above which the session stops pulling from its cursor until the
@@ -40,24 +41,6 @@ const QUEUE_HIGH_WATER: usize = 256 * 1024;
 const BLOCKED_LAG_CHECK: Duration = Duration::from_millis(200);
 /// Time given to flush the last frames (an error, SHUTTING_DOWN) before close.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
-
-/// Why a session ended (metrics label and log line).
-#[derive(Clone, Debug)]
-pub enum CloseReason {
-    ClientClosed,
-    Error(ErrorCode),
-    Io,
-}
-
-impl CloseReason {
-    pub fn label(&self) -> &'static str {
-        match self {
-            CloseReason::ClientClosed => "client_closed",
-            CloseReason::Io => "io_error",
-            CloseReason::Error(code) => code.as_str_name(),
-        }
-    }
-}
 
 struct Stream {
     cursor: Cursor,
@@ -83,12 +66,13 @@ struct Session {
     expiry: Option<Pin<Box<Sleep>>>,
     closing: Option<CloseReason>,
     last_ack: u64,
+    state: Option<SessionState>,
 }
 
 /// Runs one connection to its end.
 pub async fn run(ctx: Arc<ServerCtx>, mut reader: Reader, writer: Writer, peer: SocketAddr) {
     let opened = Instant::now();
-    ctx.metrics.session_opened();
+    ctx.metrics.sessions_opened.inc();
     let mut s = Session {
         ctx: ctx.clone(),
         peer,
@@ -101,17 +85,18 @@ pub async fn run(ctx: Arc<ServerCtx>, mut reader: Reader, writer: Writer, peer: 
         expiry: None,
         closing: None,
         last_ack: 0,
+        state: None,
     };
     let reason = s.run(&mut reader).await;
     let user = s.principal.as_ref().map(|p| p.user_id.as_str()).unwrap_or("");
     tracing::info!(
         peer = %peer,
         user_id = user,
-        reason = reason.label(),
+        reason = close_label(reason),
         duration_ms = opened.elapsed().as_millis() as u64,
         "session closed"
     );
-    ctx.metrics.session_closed(reason.label());
+    ctx.metrics.session_closed(reason);
 }
 
 impl Session {
@@ -130,7 +115,7 @@ impl Session {
             }
             Err(reason) => reason,
         };
-        self.ctx.metrics.session_state(None);
+        self.set_state(None);
         // Flush what is queued (the closing error), then close.
         let _ = tokio::time::timeout(CLOSE_FLUSH, self.writer.drain(&mut self.out)).await;
         self.writer.close().await;
@@ -146,7 +131,7 @@ impl Session {
         &mut self,
         reader: &mut Reader,
     ) -> Result<super::registry::Registration, CloseReason> {
-        self.ctx.metrics.session_state(Some("authenticating"));
+        self.set_state(Some(SessionState::Authenticating));
         let deadline = tokio::time::Instant::now() + self.ctx.config.auth.auth_timeout;
         let first = tokio::select! {
             incoming = reader.next() => incoming,
@@ -177,13 +162,13 @@ impl Session {
         };
         match self.ctx.auth.authenticate(&req.token).await {
             Ok(principal) => {
-                self.ctx.metrics.auth_attempt("ok");
+                self.ctx.metrics.auth_attempt(AuthResult::Ok);
                 let registration = self.ctx.registry.register(&principal.user_id);
                 self.accept_principal(req.id, principal);
                 Ok(registration)
             }
             Err(e) => {
-                self.ctx.metrics.auth_attempt(e.metric_label());
+                self.ctx.metrics.auth_attempt(auth_result(e.code()));
                 tracing::info!(peer = %self.peer, check = e.metric_label(), "authentication failed");
                 Err(self.fail(e.code(), e.message()))
             }
@@ -218,7 +203,7 @@ impl Session {
 
     /// Steps 2–5, after a successful AuthReq.
     async fn serve(&mut self, reader: &mut Reader, deleted: &tokio::sync::Notify) -> CloseReason {
-        self.ctx.metrics.session_state(Some("authenticated"));
+        self.set_state(Some(SessionState::Authenticating));
         let mut lag_check = tokio::time::interval(BLOCKED_LAG_CHECK);
         lag_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -249,7 +234,7 @@ impl Session {
                 }
                 res = self.writer.drain(&mut self.out), if !self.out.is_empty() => {
                     if res.is_err() {
-                        return CloseReason::Io;
+                        return CloseReason::ClientClosed;
                     }
                 }
                 entry = next_entry(&mut self.stream), if can_pull => {
@@ -271,7 +256,7 @@ impl Session {
                     self.expiry = None;
                     let grace = self.ctx.config.auth.refresh_grace;
                     self.paused_until = Some(Instant::now() + grace);
-                    self.ctx.metrics.session_state(Some("paused"));
+                    self.set_state(Some(SessionState::Paused));
                     self.push_error(ErrorCode::TokenExpired, format!(
                         "token expired; stream paused: send a new AuthReq within AUTH_REFRESH_GRACE ({} s) to resume", grace.as_secs()));
                 }
@@ -295,7 +280,7 @@ impl Session {
             ClientMessage::StartReplication(req) => self.on_start(req),
             ClientMessage::StopReplication => {
                 if self.stream.take().is_some() {
-                    self.ctx.metrics.session_state(Some("authenticated"));
+                    self.set_state(Some(SessionState::Authenticating));
                     self.push(MsgType::StopReplicationResp, &pb::StopReplicationResp {});
                 } else {
                     self.push_error(
@@ -322,13 +307,14 @@ impl Session {
         let principal = match self.ctx.auth.authenticate(&req.token).await {
             Ok(p) => p,
             Err(e) => {
-                self.ctx.metrics.auth_attempt(e.metric_label());
+                self.ctx.metrics.auth_attempt(auth_result(e.code()));
                 self.fail(e.code(), format!("token refresh failed: {}", e.message()));
                 return;
             }
         };
-        self.ctx.metrics.auth_attempt("ok");
+        self.ctx.metrics.auth_attempt(AuthResult::Ok);
         if principal.user_id != self.user_id() {
+            self.ctx.metrics.auth_attempt(AuthResult::PrincipalChanged);
             self.fail(
                 ErrorCode::PrincipalChanged,
                 "token refresh names another user_id; a session belongs to one user".into(),
@@ -337,11 +323,11 @@ impl Session {
         }
         if self.paused_until.take().is_some() {
             let state = if self.stream.is_some() {
-                "streaming"
+                SessionState::Streaming
             } else {
-                "authenticated"
+                SessionState::Authenticating
             };
-            self.ctx.metrics.session_state(Some(state));
+            self.set_state(Some(state));
         }
         self.accept_principal(req.id, principal);
     }
@@ -371,7 +357,7 @@ impl Session {
                     in_force: HashMap::new(),
                     live: false,
                 });
-                self.ctx.metrics.session_state(Some("streaming"));
+                self.set_state(Some(SessionState::Streaming));
                 self.push(
                     MsgType::StartReplicationResp,
                     &pb::StartReplicationResp {
@@ -413,11 +399,12 @@ impl Session {
                     if self.sent_relations.get(rel_id) != Some(def) {
                         self.sent_relations.insert(*rel_id, def.clone());
                         self.out.push(def.clone());
-                        self.ctx.metrics.frame_sent(def.len());
+                        self.count_sent(1, def.len());
                     }
                 }
                 self.out.push(txn.frames.clone());
-                self.ctx.metrics.txn_sent(txn.frames.len());
+                let frames = crate::protocol::frame::split_frames(&txn.frames).count();
+                self.count_sent(frames as u64, txn.frames.len());
                 self.check_lag();
             }
         }
@@ -430,10 +417,10 @@ impl Session {
         let head = self.ctx.log.head_offset();
         let lag = head.saturating_sub(stream.cursor.offset()) + self.out.len_bytes() as u64;
         let max = self.ctx.config.client_max_lag_bytes;
+        self.ctx.metrics.session_lag_bytes.observe(lag as f64);
         if lag <= max {
             stream.live = true;
         } else if stream.live {
-            self.ctx.metrics.slow_consumer();
             self.fail(
                 ErrorCode::SlowConsumer,
                 format!("client fell {lag} bytes behind (CLIENT_MAX_LAG_BYTES = {max}); reconnect and resume from your last Commit.lsn"),
@@ -441,9 +428,21 @@ impl Session {
         }
     }
 
+    fn set_state(&mut self, to: Option<SessionState>) {
+        if self.state != to {
+            self.ctx.metrics.session_state(self.state, to);
+            self.state = to;
+        }
+    }
+
+    fn count_sent(&self, frames: u64, bytes: usize) {
+        self.ctx.metrics.sent_frames.inc_by(frames);
+        self.ctx.metrics.sent_bytes.inc_by(bytes as u64);
+    }
+
     fn push<M: prost::Message>(&mut self, ty: MsgType, msg: &M) {
         let frame = encode_frame(ty, msg);
-        self.ctx.metrics.frame_sent(frame.len());
+        self.count_sent(1, frame.len());
         self.out.push(frame);
     }
 
@@ -464,7 +463,7 @@ impl Session {
         self.stream = None;
         self.push_error(code, message);
         let reason = CloseReason::Error(code);
-        self.closing = Some(reason.clone());
+        self.closing = Some(reason);
         reason
     }
 }
@@ -480,5 +479,22 @@ async fn wait_expiry(expiry: &mut Option<Pin<Box<Sleep>>>) {
     match expiry {
         Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
+    }
+}
+
+fn close_label(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::ClientClosed => "client_closed",
+        CloseReason::Error(code) => code.as_str_name(),
+    }
+}
+
+fn auth_result(code: ErrorCode) -> AuthResult {
+    match code {
+        ErrorCode::TokenExpired => AuthResult::TokenExpired,
+        ErrorCode::UserNotFound => AuthResult::UserNotFound,
+        ErrorCode::PrincipalChanged => AuthResult::PrincipalChanged,
+        ErrorCode::Internal => AuthResult::Internal,
+        _ => AuthResult::Failed,
     }
 }

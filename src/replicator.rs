@@ -285,11 +285,6 @@ impl RunError {
     }
 }
 
-impl From<slot::SlotError> for RunError {
-    fn from(e: slot::SlotError) -> Self {
-        RunError::Fatal(e.to_string())
-    }
-}
 
 fn jitter(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()

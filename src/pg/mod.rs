@@ -1,6 +1,11 @@
 //! PostgreSQL side: the replication connection, the pure `pgoutput` decoder,
-//! slot and publication management.
+//! slot and publication management, relation metadata from the catalog.
 
 pub mod catalog;
+pub mod conn;
 pub mod lsn;
 pub mod pgoutput;
+pub mod replication;
+pub mod slot;
+
+pub use conn::PgError;

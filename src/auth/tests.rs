@@ -616,25 +616,28 @@ fn malformed_tokens() {
     // The size check comes before decoding.
     let e = hs.verify_token(&"a".repeat(100 * 1024), now()).unwrap_err();
     assert_eq!(e.metric_label(), "too_large");
-    // A validly signed token of exactly 8 KiB passes the size check.
-    let filler = "x".repeat(8 * 1024);
-    let mut big = claims();
-    big["pad"] = json!(filler);
-    let mut n = 8 * 1024 - 200;
-    loop {
+    // Around the limit, validly signed: the last size ≤ 8 KiB passes, the
+    // first above is refused by the size check.
+    let mut below = None;
+    let mut above = None;
+    for n in 5800..6300 {
+        let mut big = claims();
         big["pad"] = json!("x".repeat(n));
         let t = sig(parts[0], &b64(&big.to_string()));
-        if t.len() > 8 * 1024 {
-            n -= 1;
-            continue;
+        if t.len() <= 8 * 1024 {
+            below = Some(t);
+        } else if above.is_none() {
+            above = Some(t);
         }
-        if t.len() <= 8 * 1024 - 4 {
-            n += 1;
-            continue;
-        }
-        expect(&hs, &t, OK, "token just under 8 KiB");
-        break;
     }
+    let (below, above) = (below.unwrap(), above.unwrap());
+    assert!(below.len() > 8 * 1024 - 4 && above.len() < 8 * 1024 + 4);
+    expect(&hs, &below, OK, "validly signed token just under 8 KiB");
+    expect(&hs, &above, FAILED, "validly signed token just over 8 KiB");
+    assert_eq!(
+        hs.verify_token(&above, now()).unwrap_err().metric_label(),
+        "too_large"
+    );
 }
 
 #[test]

@@ -398,15 +398,9 @@ mod tests {
             }
             let mut dec = FrameDecoder::new(32);
             let mut buf = BytesMut::from(&soup[..]);
-            loop {
-                match dec.decode(&mut buf) {
-                    Ok(Some(f)) => {
-                        let _ =
-                            crate::protocol::message::ClientMessage::decode(f.ty, f.body.clone());
-                        let _ = crate::protocol::message::ServerMessage::decode(f.ty, f.body);
-                    }
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(f)) = dec.decode(&mut buf) {
+                let _ = crate::protocol::message::ClientMessage::decode(f.ty, f.body.clone());
+                let _ = crate::protocol::message::ServerMessage::decode(f.ty, f.body);
             }
             let soup = Bytes::from(soup);
             let _ = split_frames(&soup).count();

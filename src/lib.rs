@@ -8,6 +8,7 @@
 //! disk + in-memory cache) → `server` (sessions, one cursor each) → sockets.
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod ingest;
 pub mod log;

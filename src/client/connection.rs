@@ -22,8 +22,8 @@ use crate::protocol::{
 
 /// Any byte stream a connection can run over (a socket, or an in-memory
 /// pipe in tests).
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
 
 /// Opens connections; the client calls it at start and at every reconnect.
 pub trait Connector: Send + Sync {

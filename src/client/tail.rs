@@ -182,7 +182,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn tail_loop(
+pub(crate) async fn tail_loop(
     mut config: ClientConfig,
     resync_with_snapshot: bool,
     out: &mut impl Write,

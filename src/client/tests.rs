@@ -834,3 +834,128 @@ async fn refused_connection_is_retried_then_reported() {
         Err(ClientError::InvalidUrl { .. })
     ));
 }
+
+/// Callers spawn the client on a multi-threaded runtime.
+#[allow(dead_code)]
+fn client_futures_are_send(c: &mut Client, cfg: ClientConfig) {
+    fn send<T: Send>(_: &T) {}
+    send(&c.next_event());
+    send(&Client::connect(cfg));
+    send(&tail::run(tail::TailArgs {
+        url: String::new(),
+        token: String::new(),
+        from_lsn: 0,
+        tables: vec![],
+        snapshot: false,
+    }));
+}
+
+/// TOKEN_EXPIRED answering the first AuthReq (the server then closes): the
+/// client reconnects with a fresh token; a token source that only has the
+/// expired token is a final error, not a retry loop.
+#[tokio::test]
+async fn token_expired_at_auth_reconnects_with_a_fresh_token_or_gives_up() {
+    async fn expire_first_auth(s: &mut FakeConn) -> pb::AuthReq {
+        let ClientMessage::Auth(a) = s.recv().await else {
+            panic!()
+        };
+        s.error(ErrorCode::TokenExpired, "token expired").await;
+        a
+    }
+    // Fresh token on reconnect.
+    let (connector, mut rx) = pipe();
+    let server = tokio::spawn(async move {
+        let mut s = next_conn(&mut rx).await;
+        assert_eq!(expire_first_auth(&mut s).await.token, "tok-1");
+        drop(s);
+        let mut s = next_conn(&mut rx).await;
+        let (auth, _) = s.handshake(10, 0).await;
+        assert_eq!(auth.token, "tok-2");
+        s
+    });
+    let mut cfg = config();
+    cfg.token = Arc::new(CountingToken(AtomicU32::new(0)));
+    Client::connect_with(cfg, connector).await.unwrap();
+    server.await.unwrap();
+
+    // Only the expired token.
+    let (connector, mut rx) = pipe();
+    let server = tokio::spawn(async move {
+        let mut s = next_conn(&mut rx).await;
+        expire_first_auth(&mut s).await;
+        // The second connection is opened, then abandoned before AuthReq.
+        let s2 = next_conn(&mut rx).await;
+        (s, s2, rx)
+    });
+    let e = match Client::connect_with(config(), connector.clone()).await {
+        Err(e) => e,
+        Ok(_) => panic!("connected with an expired token"),
+    };
+    assert!(matches!(e, ClientError::Token(_)), "{e}");
+    let _s = server.await.unwrap();
+    assert_eq!(connector.connects.load(Ordering::SeqCst), 2);
+}
+
+/// `pgsat tail --snapshot`: BEHIND_WINDOW restarts with a snapshot (a
+/// resync line first); every event is printed as whole JSON lines; a final
+/// error ends the command.
+#[tokio::test]
+async fn tail_prints_lines_and_resyncs_with_a_snapshot() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let mut accept = || async {
+            let (sock, _) = listener.accept().await.unwrap();
+            let io: Box<dyn connection::Io> = Box::new(sock);
+            FakeConn::new(FakeIo::Stream(Framed::new(io, FrameDecoder::new(1 << 20))))
+        };
+        let mut s = accept().await;
+        let (_, start) = s.handshake(5, 0).await;
+        assert_eq!(start.lsn, 5);
+        s.send(relation(1, "t", &["id", "v"])).await;
+        s.send(txn(1, 100, "a")).await;
+        s.error(ErrorCode::BehindWindow, "lsn 100 is older than the window")
+            .await;
+        let mut s2 = accept().await;
+        let (_, start) = s2.handshake(0, 0).await;
+        assert!(start.snapshot);
+        assert_eq!(start.lsn, 0);
+        s2.send(relation(1, "t", &["id", "v"])).await;
+        s2.send(ServerMessage::SnapshotRows(pb::SnapshotRows {
+            relation_id: 1,
+            rows: vec![row(&[Some("a"), None])],
+        }))
+        .await;
+        s2.send(ServerMessage::SnapshotEnd(pb::SnapshotEnd {
+            lsn: 400,
+            rows: 1,
+            view_id: String::new(),
+        }))
+        .await;
+        s2.send(txn(2, 500, "b")).await;
+        s2.error(ErrorCode::UserDeleted, "gone").await;
+        (s, s2)
+    });
+    let mut cfg = config();
+    cfg.url = format!("tcp://127.0.0.1:{port}");
+    cfg.from_lsn = 5;
+    let mut out = Vec::new();
+    let r = timeout(WAIT, tail::tail_loop(cfg, true, &mut out))
+        .await
+        .unwrap();
+    let e = r.unwrap_err();
+    assert!(format!("{e:#}").contains("USER_DELETED"), "{e:#}");
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            r#"{"lsn":100,"xid":1,"commit_time":1700000000000100,"changes":[{"op":"insert","schema":"public","table":"t","row":{"id":"a","v":"t"}}]}"#,
+            r#"{"op":"resync","reason":"BEHIND_WINDOW"}"#,
+            r#"{"op":"snapshot","schema":"public","table":"t","row":{"id":"a","v":null}}"#,
+            r#"{"op":"snapshot_end","lsn":400,"rows":1,"view_id":""}"#,
+            r#"{"lsn":500,"xid":2,"commit_time":1700000000000500,"changes":[{"op":"insert","schema":"public","table":"t","row":{"id":"b","v":"t"}}]}"#,
+        ]
+    );
+    server.await.unwrap();
+}

@@ -904,7 +904,7 @@ async fn tail_prints_lines_and_resyncs_with_a_snapshot() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = tokio::spawn(async move {
-        let mut accept = || async {
+        let accept = || async {
             let (sock, _) = listener.accept().await.unwrap();
             let io: Box<dyn connection::Io> = Box::new(sock);
             FakeConn::new(FakeIo::Stream(Framed::new(io, FrameDecoder::new(1 << 20))))

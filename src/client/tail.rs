@@ -37,8 +37,9 @@ pub struct TailArgs {
     /// A JWT accepted by the server.
     #[arg(long)]
     pub token: String,
-    /// Start after this commit LSN (0: from the server's current head).
-    #[arg(long, default_value_t = 0)]
+    /// Start after this commit LSN (`X/Y` or a decimal number; 0: from the
+    /// server's current head).
+    #[arg(long, default_value = "0", value_parser = parse_lsn_arg)]
     pub from_lsn: u64,
     /// Only these tables (`schema.table` or `table`), comma-separated.
     #[arg(long, value_delimiter = ',')]
@@ -46,6 +47,10 @@ pub struct TailArgs {
     /// Start with a snapshot of every readable row (protocol 1.1).
     #[arg(long)]
     pub snapshot: bool,
+}
+
+fn parse_lsn_arg(s: &str) -> Result<u64, String> {
+    crate::cli::parse_lsn(s).map(|l| l.0)
 }
 
 struct RowJson<'a>(&'a RowValues);

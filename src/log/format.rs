@@ -184,7 +184,7 @@ pub fn relation_record_len(r: &RelationEntry) -> u64 {
     (RECORD_HEADER_LEN + 4 + r.frame.len()) as u64
 }
 
-fn finish_record(out: &mut Vec<u8>, start: usize) {
+fn finish_record(out: &mut [u8], start: usize) {
     let payload_len = (out.len() - start - RECORD_HEADER_LEN) as u32;
     let crc = crc32fast::hash(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
@@ -416,7 +416,10 @@ mod tests {
             e => panic!("unexpected {e:?}"),
         }
         assert_eq!(segment_file_name(12), "00000000000000000012.seg");
-        assert_eq!(parse_segment_file_name("00000000000000000012.seg"), Some(12));
+        assert_eq!(
+            parse_segment_file_name("00000000000000000012.seg"),
+            Some(12)
+        );
         assert_eq!(parse_segment_file_name("12.seg"), None);
     }
 }

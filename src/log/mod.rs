@@ -374,7 +374,10 @@ impl Inner {
                 tracing::error!(dir = %self.shared.dir.display(), "log writer thread panicked");
             }
         }
-        self.lock_file.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.lock_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         self.shared.appended.send_modify(|_| {});
         self.shared.healthy_changed();
     }
@@ -477,7 +480,11 @@ impl Log {
         if s.closed.load(Ordering::SeqCst) {
             return Err(LogError::Closed);
         }
-        if st.relations.get(&rel.relation_id).is_some_and(|r| **r == rel) {
+        if st
+            .relations
+            .get(&rel.relation_id)
+            .is_some_and(|r| **r == rel)
+        {
             return Ok(());
         }
         let rec_len = relation_record_len(&rel);

@@ -69,14 +69,19 @@ pub(crate) fn read_batch(shared: &Shared, d: &mut DiskRead) -> Result<Batch, Log
         _ => match SegmentReader::open(&path, Some(limit)) {
             Ok(r) => r,
             Err(SegmentError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                let first_index = shared.lock().segs.front().map_or(d.next_index, |s| s.first_index);
+                let first_index = shared
+                    .lock()
+                    .segs
+                    .front()
+                    .map_or(d.next_index, |s| s.first_index);
                 return Ok(Batch::Gone { first_index });
             }
             Err(e) => return Err(corrupt(e)),
         },
     };
     rdr.set_limit(limit);
-    let mut relations: Option<BTreeMap<_, _>> = d.emit_relations.then(|| rdr.header.relations.clone());
+    let mut relations: Option<BTreeMap<_, _>> =
+        d.emit_relations.then(|| rdr.header.relations.clone());
     while rdr.index() < d.next_index {
         match rdr.next_record().map_err(corrupt)? {
             Some(Entry::Relation(r)) => {

@@ -79,7 +79,10 @@ fn check_identity(dir: &Path, what: &str, stored: &Meta, id: &LogIdentity) -> Re
         ));
     }
     if stored.slot != id.slot {
-        diffs.push(format!("slot: log has {:?}, configured {:?}", stored.slot, id.slot));
+        diffs.push(format!(
+            "slot: log has {:?}, configured {:?}",
+            stored.slot, id.slot
+        ));
     }
     if !diffs.is_empty() {
         return Err(LogError::ForeignLog {
@@ -145,7 +148,8 @@ pub(crate) fn recover(dir: &Path, identity: &LogIdentity) -> Result<Recovered, L
             Err(SegmentError::Format { err, .. }) if last => {
                 tracing::warn!(segment = %path.display(), error = %err,
                     "newest log segment has a torn header (crash while creating it); removing it");
-                std::fs::remove_file(&path).map_err(|e| LogError::io(dir, "remove torn segment", e))?;
+                std::fs::remove_file(&path)
+                    .map_err(|e| LogError::io(dir, "remove torn segment", e))?;
                 fsync_dir(dir).map_err(|e| LogError::io(dir, "fsync directory", e))?;
                 break;
             }
@@ -153,7 +157,12 @@ pub(crate) fn recover(dir: &Path, identity: &LogIdentity) -> Result<Recovered, L
             Err(SegmentError::Io(e)) => return Err(LogError::io(dir, "open segment", e)),
         };
         let h = &r.header;
-        check_identity(dir, &format!("segment {}", path.display()), &Meta::new(&h.identity, 0), identity)?;
+        check_identity(
+            dir,
+            &format!("segment {}", path.display()),
+            &Meta::new(&h.identity, 0),
+            identity,
+        )?;
         if h.seq != seq {
             return Err(corrupt(&path, 0, format!("header says segment {}", h.seq)));
         }
@@ -202,10 +211,14 @@ pub(crate) fn recover(dir: &Path, identity: &LogIdentity) -> Result<Recovered, L
                         .write(true)
                         .open(&path)
                         .map_err(|e| LogError::io(dir, "open segment to cut", e))?;
-                    f.set_len(at).and_then(|_| f.sync_all()).map_err(|e| LogError::io(dir, "cut torn tail", e))?;
+                    f.set_len(at)
+                        .and_then(|_| f.sync_all())
+                        .map_err(|e| LogError::io(dir, "cut torn tail", e))?;
                     break;
                 }
-                Err(SegmentError::Format { offset: at, err }) => return Err(corrupt(&path, at, err)),
+                Err(SegmentError::Format { offset: at, err }) => {
+                    return Err(corrupt(&path, at, err))
+                }
                 Err(SegmentError::Io(e)) => return Err(LogError::io(dir, "read segment", e)),
             }
         }
@@ -242,7 +255,12 @@ pub(crate) fn recover(dir: &Path, identity: &LogIdentity) -> Result<Recovered, L
             });
             let path = segment_path(dir, seq);
             let io = |e| LogError::io(dir, "create segment", e);
-            let file = OpenOptions::new().create(true).write(true).truncate(true).open(&path).map_err(io)?;
+            let file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(io)?;
             use std::io::Write;
             (&file).write_all(&header).map_err(io)?;
             file.sync_all().map_err(io)?;

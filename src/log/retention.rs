@@ -54,7 +54,8 @@ impl Window {
             dropped = self.pop();
         }
         if let Some(age) = max_age {
-            let cutoff = now_micros.saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX));
+            let cutoff =
+                now_micros.saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX));
             while self.txns.front().is_some_and(|m| m.time < cutoff) {
                 dropped = self.pop();
             }
@@ -80,7 +81,13 @@ mod tests {
     use super::*;
 
     fn meta(lsn: u64, time: i64, size: u64) -> TxnMeta {
-        TxnMeta { lsn, time, index: lsn, offset: 0, size }
+        TxnMeta {
+            lsn,
+            time,
+            index: lsn,
+            offset: 0,
+            size,
+        }
     }
 
     #[test]
@@ -94,7 +101,11 @@ mod tests {
         assert_eq!(w.txns.front().map(|m| m.lsn), Some(8));
         w.push(meta(11, 0, 1000));
         assert_eq!(w.enforce(350, None, 0), Some(10));
-        assert_eq!(w.txns.len(), 1, "the newest is kept even when alone too big");
+        assert_eq!(
+            w.txns.len(),
+            1,
+            "the newest is kept even when alone too big"
+        );
         assert_eq!(w.enforce(350, None, 0), None);
     }
 
@@ -104,7 +115,10 @@ mod tests {
         w.push(meta(1, 1_000_000, 10));
         w.push(meta(2, 5_000_000, 10));
         w.push(meta(3, 9_000_000, 10));
-        assert_eq!(w.enforce(u64::MAX, Some(Duration::from_secs(3)), 10_000_000), Some(2));
+        assert_eq!(
+            w.enforce(u64::MAX, Some(Duration::from_secs(3)), 10_000_000),
+            Some(2)
+        );
         assert_eq!(w.first_after(0).map(|m| m.lsn), Some(3));
         assert_eq!(w.first_after(3), None);
     }

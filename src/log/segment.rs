@@ -27,7 +27,11 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     let mut seqs = Vec::new();
     for e in std::fs::read_dir(dir)? {
         let e = e?;
-        if let Some(seq) = e.file_name().to_str().and_then(format::parse_segment_file_name) {
+        if let Some(seq) = e
+            .file_name()
+            .to_str()
+            .and_then(format::parse_segment_file_name)
+        {
             seqs.push(seq);
         }
     }

@@ -30,7 +30,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub(crate) enum Cmd {
     /// Seal the active segment and start segment `seq` with this header.
-    Roll { seq: u64, header: Vec<u8> },
+    Roll {
+        seq: u64,
+        header: Vec<u8>,
+    },
     Txn(Arc<TxnEntry>),
     Relation(Arc<RelationEntry>),
     /// Remove a segment file (all of it is outside the window).
@@ -127,7 +130,8 @@ impl Writer {
                                 "log write failed; retrying (nothing is confirmed past the last fsynced transaction)");
                         }
                         self.shared.healthy_changed();
-                        if (shutdown || self.shared.closed.load(Ordering::SeqCst)) && failures >= 3 {
+                        if (shutdown || self.shared.closed.load(Ordering::SeqCst)) && failures >= 3
+                        {
                             tracing::error!(dir = %self.shared.dir.display(),
                                 "log closed while writes fail: un-synced transactions are not durable (they were never confirmed to the slot)");
                             return;

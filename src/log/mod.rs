@@ -25,6 +25,14 @@
 //!   ~40 bytes of metadata per transaction in the window, and per disk
 //!   cursor one read buffer plus one batch (≤ 256 KiB, or one larger txn).
 //!
+//! - Open (`recovery`): take `LOCK`; refuse a log of another system id,
+//!   database or slot (`ForeignLog`; a timeline change is accepted with a
+//!   warning); read every segment once, record by record, checking CRCs; a
+//!   torn or corrupt tail of the NEWEST segment is cut (warning: it can only
+//!   hold records that were never fsynced, hence never confirmed); a bad
+//!   record in an older segment is `Corrupt { segment, offset }`. The cache
+//!   starts empty; cursors read older entries from disk.
+//!
 //! Directory layout: `LOCK` (flock: one process per log), `meta` (JSON:
 //! identity + start floor, replaced atomically), `{seq:020}.seg` segments
 //! (format in `format`). New log: `Log::open` creates an empty log with

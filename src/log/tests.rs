@@ -612,7 +612,7 @@ async fn enospc_marks_unhealthy_and_recovers_without_loss() {
 #[tokio::test]
 #[ignore]
 async fn throughput_10k_txns_of_20k() {
-    let dir = tempfile::tempdir_in(".").unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), &ident(), opts(1 << 30, 64 << 20, None)).unwrap();
     let frames = Bytes::from(vec![b'x'; 20_000]);
     let start = Instant::now();

@@ -116,12 +116,7 @@ impl Writer {
             let mut failures = 0u32;
             loop {
                 match self.apply(&batch) {
-                    Ok(()) => {
-                        if !self.shared.healthy.swap(true, Ordering::SeqCst) {
-                            tracing::info!(dir = %self.shared.dir.display(), "log writes succeed again");
-                        }
-                        break;
-                    }
+                    Ok(()) => break,
                     Err(ApplyError::Crash) => return,
                     Err(ApplyError::Io(e)) => {
                         failures += 1;
@@ -217,6 +212,10 @@ impl Writer {
         self.active.len = len;
         self.index = index;
         self.lsn = lsn;
+        // Healthy before durable progress is visible.
+        if !self.shared.healthy.swap(true, Ordering::SeqCst) {
+            tracing::info!(dir = %self.shared.dir.display(), "log writes succeed again");
+        }
         self.shared.publish(
             Durable {
                 index,

@@ -104,6 +104,8 @@ interface Conn {
   gotError: boolean;
   /** TOKEN_EXPIRED count since the last accepted refresh (backs off repeated refreshes). */
   expired: number;
+  /** A getToken() for a refresh on this connection is in flight. */
+  refreshing: boolean;
 }
 
 const OPEN = 1;
@@ -129,7 +131,6 @@ export class PgsatClient {
   private connectTimer: ReturnType<typeof setTimeout> | null = null;
   private ackTimer: ReturnType<typeof setTimeout> | null = null;
   private pingTimer: ReturnType<typeof setInterval> | null = null;
-  private refreshing = false;
 
   private durableLsn = 0n;
   private ackedLsn = 0n;
@@ -355,6 +356,7 @@ export class PgsatClient {
         closed: false,
         gotError: false,
         expired: 0,
+        refreshing: false,
       };
       this.conn = c;
       ws.onopen = () => {
@@ -622,15 +624,15 @@ export class PgsatClient {
 
   /** Gets a new token and sends it on the connection; retries with backoff while the connection lives. */
   private async refresh(c: Conn, attempt = 0): Promise<void> {
-    if (this.refreshing) return;
-    this.refreshing = true;
+    if (c.refreshing) return;
+    c.refreshing = true;
     let token: string | null = null;
     try {
       token = await this.opts.getToken();
     } catch (e) {
       this.report(e);
     } finally {
-      this.refreshing = false;
+      c.refreshing = false;
     }
     if (this.conn !== c || c.closed) return;
     if (token === null) {

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod http;
 pub mod ingest;
@@ -16,6 +17,7 @@ pub mod log;
 pub mod metrics;
 pub mod pg;
 pub mod protocol;
+pub mod replicator;
 pub mod rules;
 pub mod server;
 pub mod telemetry;

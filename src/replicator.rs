@@ -146,12 +146,15 @@ impl Replicator {
                                 .push(decoded)
                                 .await
                                 .map_err(|e| RunError::Fatal(e.to_string()))?;
+                            let committed = matches!(step, Step::Committed(_));
                             self.apply(step)?;
-                            if self.log.needs_room() {
-                                // Backpressure from a slow or full disk: keep
-                                // answering Postgres while the writer catches up.
+                            if committed {
+                                // Backpressure from a slow or full disk (resolves
+                                // at once when there is room): keep answering
+                                // Postgres while the writer catches up.
                                 loop {
                                     tokio::select! {
+                                        biased;
                                         _ = self.log.wait_for_room() => break,
                                         _ = ticker.tick() => {
                                             let flush = self.confirmable(&assembler, idle_end);

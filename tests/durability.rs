@@ -125,7 +125,7 @@ async fn postgres_restart_mid_stream_is_bridged() {
             .expect("write");
     }
     drop(db);
-    pg.stop("fast");
+    pg.stop(support::StopMode::Fast);
     pg.start_again();
     let db = pg.client().await;
     for b in 20..40 {
@@ -156,7 +156,7 @@ async fn fast_shutdown_is_not_held_up_and_confirmed_follows_the_durable_log() {
     // pg_ctl stop -m fast completes with pgsat connected.
     drop(db);
     let started = Instant::now();
-    pg.stop("fast");
+    pg.stop(support::StopMode::Fast);
     assert!(started.elapsed() < Duration::from_secs(20), "fast shutdown was held up");
 }
 

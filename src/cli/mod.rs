@@ -42,18 +42,7 @@ pub struct DevArgs {
     pub write_demo: bool,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct TailArgs {
-    /// `tcp://host:port` or `ws://host:port/ws`.
-    #[arg(long)]
-    pub url: String,
-    /// The JWT to authenticate with.
-    #[arg(long)]
-    pub token: String,
-    /// Start after this commit LSN (`X/Y` or a decimal number); default: from now.
-    #[arg(long, value_parser = parse_lsn)]
-    pub from_lsn: Option<Lsn>,
-}
+pub use crate::client::tail::TailArgs;
 
 /// `X/Y` (Postgres text form) or a plain decimal `u64`.
 pub fn parse_lsn(s: &str) -> Result<Lsn, String> {
@@ -165,7 +154,7 @@ mod tests {
         match c.command {
             Some(Command::Tail(a)) => {
                 assert_eq!(a.url, "tcp://127.0.0.1:5133");
-                assert_eq!(a.from_lsn, Some(Lsn(0x1_0000_000A)));
+                assert_eq!(a.from_lsn, 0x1_0000_000A);
             }
             other => panic!("{other:?}"),
         }

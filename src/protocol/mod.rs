@@ -6,3 +6,11 @@
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/pgsat.v1.rs"));
 }
+
+pub mod frame;
+pub mod message;
+pub mod msg_type;
+
+pub use frame::{encode_frame, split_frames, ws_payload, Frame, FrameDecoder, FrameError};
+pub use message::{error_frame, ClientMessage, ProtocolError, ServerMessage};
+pub use msg_type::MsgType;

@@ -17,6 +17,8 @@
 //! panics with psql's stderr when the SQL fails. `try_execute` returns the error.
 #![allow(dead_code)]
 
+pub mod pgsat;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};

@@ -1,0 +1,437 @@
+// The in-memory replica: tables of rows keyed by primary key, built from the
+// protocol's Relation, SnapshotRows and OpLog messages.
+// Invariant: the visible tables only ever change at a transaction's Commit (all
+// of its ops at once, in order), at SnapshotEnd (the snapshot replaces the
+// tables whole), or by clear(); ops of an open transaction and rows of an
+// unfinished snapshot are held aside and dropped by resetSession().
+import type { Begin, Commit, OpLog, Relation, Row as WireRow, SnapshotEnd, SnapshotRows, TransOp } from "./gen/pgsat_pb.js";
+import {
+  bitSet,
+  columnInfo,
+  decoderFor,
+  keyText,
+  utf8Text,
+  type ColumnInfo,
+  type Decoder,
+  type Row,
+  type Value,
+  type ValueOptions,
+} from "./values.js";
+
+/** The server sent something that breaks the protocol's ordering or shape rules. */
+export class ProtocolError extends Error {
+  override readonly name = "ProtocolError";
+}
+
+/** One change to one table, as delivered to listeners. `key` is the row's key in the replica. */
+export type Change =
+  | { op: "insert"; key: string; row: Row }
+  | { op: "update"; key: string; row: Row; oldKey: string; old: Row }
+  | { op: "delete"; key: string; old: Row }
+  | { op: "truncate" }
+  /** The table's rows were replaced as a whole (snapshot, resync, schema change): re-read it. */
+  | { op: "reset" };
+
+/** What one application step (a commit, a snapshot end, a clear, a schema change) did. */
+export interface Applied {
+  /** The replica's position after this step (Commit.lsn, SnapshotEnd.lsn; unchanged otherwise). */
+  lsn: bigint;
+  /** Changes per table name, in order. */
+  changes: Map<string, Change[]>;
+  /** Whether every table was replaced (snapshot end, clear): persist the whole replica. */
+  whole: boolean;
+}
+
+/** A table of the replica. */
+export interface TableState {
+  /** `schema.table` */
+  readonly name: string;
+  columns: ColumnInfo[];
+  /** Names of the key columns: the primary key, or every column when there is none. */
+  keyColumns: string[];
+  rows: Map<string, Row>;
+  /** Bumped on every change; lets views cache per table. */
+  version: number;
+}
+
+interface RelInfo {
+  id: number;
+  name: string;
+  columns: ColumnInfo[];
+  decoders: Decoder[];
+}
+
+const UNCHANGED = Symbol("unchanged");
+type Slot = Value | typeof UNCHANGED;
+
+type PendingOp =
+  | { k: "ins"; rel: RelInfo; row: Row }
+  | { k: "upd"; rel: RelInfo; row: Record<string, Slot>; hasUnchanged: boolean; old: Row | null }
+  | { k: "del"; rel: RelInfo; old: Row }
+  | { k: "trunc"; tables: string[] }
+  | { k: "rel"; rel: RelInfo };
+
+/** The qualified `schema.table` name; a bare name means the `public` schema. */
+export function qualify(name: string): string {
+  return name.includes(".") ? name : `public.${name}`;
+}
+
+export function keyColumnsOf(columns: ColumnInfo[]): string[] {
+  const pk = columns.filter((c) => c.primaryKey).map((c) => c.name);
+  return pk.length > 0 ? pk : columns.map((c) => c.name);
+}
+
+/** The key of a row: the canonical text of its key column(s). */
+export function rowKey(row: Row, keyColumns: string[]): string {
+  if (keyColumns.length === 1) return keyText(row[keyColumns[0] as string] ?? null);
+  return JSON.stringify(keyColumns.map((c) => keyText(row[c] ?? null)));
+}
+
+export class Replica {
+  /** Visible tables by `schema.table`. */
+  tables = new Map<string, TableState>();
+  /** Last applied position: Commit.lsn of the last applied transaction, or SnapshotEnd.lsn. 0 = none. */
+  lsn = 0n;
+  /** The view the replica holds (StartReplicationResp / SnapshotEnd). */
+  viewId = "";
+
+  private relations = new Map<number, RelInfo>();
+  private txn: PendingOp[] | null = null;
+  private txnBegin: Begin | null = null;
+  private staging: Map<string, TableState> | null = null;
+  private snapshotRows = 0;
+
+  constructor(private readonly valueOptions: ValueOptions = {}) {}
+
+  /** Whether a snapshot is being received (rows held aside until SnapshotEnd). */
+  get snapshotting(): boolean {
+    return this.staging !== null;
+  }
+
+  /** Whether a transaction has begun and not yet committed. */
+  get inTransaction(): boolean {
+    return this.txn !== null;
+  }
+
+  /** Forgets everything that belongs to one connection: relation ids, an open transaction, an unfinished snapshot. */
+  resetSession(): void {
+    this.relations.clear();
+    this.txn = null;
+    this.txnBegin = null;
+    this.staging = null;
+    this.snapshotRows = 0;
+  }
+
+  /** Drops every row and the position (resync). Returns a reset change for every table that had rows. */
+  clear(): Applied {
+    const changes = new Map<string, Change[]>();
+    for (const t of this.tables.values()) {
+      changes.set(t.name, [{ op: "reset" }]);
+    }
+    this.tables = new Map();
+    this.lsn = 0n;
+    this.viewId = "";
+    this.resetSession();
+    return { lsn: 0n, changes, whole: true };
+  }
+
+  /** Loads persisted tables and position (before the first connection). */
+  load(tables: Iterable<{ name: string; columns: ColumnInfo[]; rows: Iterable<[string, Row]> }>, lsn: bigint, viewId: string): void {
+    this.tables = new Map();
+    for (const t of tables) {
+      this.tables.set(t.name, {
+        name: t.name,
+        columns: t.columns,
+        keyColumns: keyColumnsOf(t.columns),
+        rows: new Map(t.rows),
+        version: 0,
+      });
+    }
+    this.lsn = lsn;
+    this.viewId = viewId;
+  }
+
+  /** Starts receiving a snapshot: following rows and transactions go to a fresh set of tables. */
+  beginSnapshot(): void {
+    this.staging = new Map();
+    this.snapshotRows = 0;
+  }
+
+  /** Rows received so far in the current snapshot. */
+  get snapshotRowCount(): number {
+    return this.snapshotRows;
+  }
+
+  onRelation(msg: Relation): Applied | null {
+    const columns = msg.columns.map(columnInfo);
+    const rel: RelInfo = {
+      id: msg.relationId,
+      name: `${msg.schema}.${msg.table}`,
+      columns,
+      decoders: columns.map((c) => decoderFor(c, this.valueOptions)),
+    };
+    this.relations.set(rel.id, rel);
+    if (this.txn !== null) {
+      this.txn.push({ k: "rel", rel });
+      return null;
+    }
+    const changes = new Map<string, Change[]>();
+    this.applySchema(rel, changes);
+    return changes.size > 0 ? { lsn: this.lsn, changes, whole: false } : null;
+  }
+
+  onSnapshotRows(msg: SnapshotRows): void {
+    if (this.staging === null) throw new ProtocolError("SnapshotRows without a snapshot in progress");
+    const rel = this.relation(msg.relationId);
+    const table = this.table(this.staging, rel);
+    for (const wire of msg.rows) {
+      const row = this.decodeRow(rel, wire, false) as Row;
+      table.rows.set(rowKey(row, table.keyColumns), row);
+    }
+    this.snapshotRows += msg.rows.length;
+  }
+
+  onSnapshotEnd(msg: SnapshotEnd): Applied {
+    if (this.staging === null) throw new ProtocolError("SnapshotEnd without a snapshot in progress");
+    if (this.txn !== null) throw new ProtocolError("SnapshotEnd inside a transaction");
+    const changes = new Map<string, Change[]>();
+    for (const name of this.tables.keys()) changes.set(name, [{ op: "reset" }]);
+    for (const t of this.staging.values()) {
+      changes.set(t.name, [{ op: "reset" }]);
+      const prev = this.tables.get(t.name);
+      t.version = (prev?.version ?? 0) + 1;
+    }
+    this.tables = this.staging;
+    this.staging = null;
+    this.lsn = msg.lsn;
+    if (msg.viewId !== "") this.viewId = msg.viewId;
+    return { lsn: this.lsn, changes, whole: true };
+  }
+
+  /** Applies an OpLog message; returns one Applied per transaction that committed in it. */
+  onOpLog(msg: OpLog): Applied[] {
+    const out: Applied[] = [];
+    for (const op of msg.ops) {
+      const a = this.onOp(op);
+      if (a !== null) out.push(a);
+    }
+    return out;
+  }
+
+  private onOp(op: TransOp): Applied | null {
+    const o = op.op;
+    switch (o.case) {
+      case "begin":
+        if (this.txn !== null) throw new ProtocolError("Begin inside an open transaction");
+        this.txn = [];
+        this.txnBegin = o.value;
+        return null;
+      case "commit":
+        return this.commit(o.value);
+      case undefined:
+        throw new ProtocolError("empty TransOp");
+    }
+    const txn = this.txn;
+    if (txn === null) throw new ProtocolError(`${o.case} outside a transaction`);
+    switch (o.case) {
+      case "insert": {
+        const rel = this.relation(o.value.relationId);
+        txn.push({ k: "ins", rel, row: this.decodeRow(rel, o.value.row, false) as Row });
+        break;
+      }
+      case "update": {
+        const rel = this.relation(o.value.relationId);
+        const row = this.decodeRow(rel, o.value.row, true);
+        let hasUnchanged = false;
+        for (const k in row) {
+          if (row[k] === UNCHANGED) {
+            hasUnchanged = true;
+            break;
+          }
+        }
+        const old = o.value.oldRow === undefined ? null : (this.decodeRow(rel, o.value.oldRow, false) as Row);
+        txn.push({ k: "upd", rel, row, hasUnchanged, old });
+        break;
+      }
+      case "delete": {
+        const rel = this.relation(o.value.relationId);
+        if (o.value.oldRow === undefined) throw new ProtocolError("Delete without old_row");
+        txn.push({ k: "del", rel, old: this.decodeRow(rel, o.value.oldRow, false) as Row });
+        break;
+      }
+      case "truncate":
+        txn.push({ k: "trunc", tables: o.value.relationIds.map((id) => this.relation(id).name) });
+        break;
+    }
+    return null;
+  }
+
+  private commit(c: Commit): Applied {
+    const ops = this.txn;
+    if (ops === null) throw new ProtocolError("Commit without Begin");
+    this.txn = null;
+    this.txnBegin = null;
+    const target = this.staging ?? this.tables;
+    const changes = new Map<string, Change[]>();
+    const out = (t: TableState): Change[] => {
+      let l = changes.get(t.name);
+      if (l === undefined) {
+        l = [];
+        changes.set(t.name, l);
+      }
+      return l;
+    };
+    for (const op of ops) {
+      switch (op.k) {
+        case "rel":
+          this.applySchema(op.rel, changes);
+          break;
+        case "ins": {
+          const t = this.table(target, op.rel);
+          const key = rowKey(op.row, t.keyColumns);
+          const prev = t.rows.get(key);
+          t.rows.set(key, op.row);
+          out(t).push(prev === undefined ? { op: "insert", key, row: op.row } : { op: "update", key, row: op.row, oldKey: key, old: prev });
+          break;
+        }
+        case "upd": {
+          const t = this.table(target, op.rel);
+          let prevKey: string | undefined;
+          let prev: Row | undefined;
+          if (op.old !== null) [prevKey, prev] = this.find(t, op.old);
+          if (prev === undefined) {
+            const k = rowKey(op.row as Row, t.keyColumns);
+            const p = t.rows.get(k);
+            if (p !== undefined) [prevKey, prev] = [k, p];
+          }
+          const row = op.row as Row;
+          if (op.hasUnchanged) {
+            for (const name in op.row) {
+              if (op.row[name] === UNCHANGED) row[name] = prev === undefined ? null : (prev[name] ?? null);
+            }
+          }
+          const key = rowKey(row, t.keyColumns);
+          if (prevKey !== undefined && prevKey !== key) t.rows.delete(prevKey);
+          t.rows.set(key, row);
+          out(t).push(
+            prev === undefined || prevKey === undefined
+              ? { op: "insert", key, row }
+              : { op: "update", key, row, oldKey: prevKey, old: prev },
+          );
+          break;
+        }
+        case "del": {
+          const t = this.table(target, op.rel);
+          const [key, prev] = this.find(t, op.old);
+          if (key !== undefined && prev !== undefined) {
+            t.rows.delete(key);
+            out(t).push({ op: "delete", key, old: prev });
+          }
+          break;
+        }
+        case "trunc":
+          for (const name of op.tables) {
+            const t = target.get(name);
+            if (t === undefined) continue;
+            t.rows.clear();
+            out(t).push({ op: "truncate" });
+          }
+          break;
+      }
+    }
+    for (const name of changes.keys()) {
+      const t = target.get(name);
+      if (t !== undefined) t.version++;
+    }
+    // Inside a snapshot nothing is visible or resumable yet: SnapshotEnd sets the
+    // position and announces every table.
+    if (this.staging !== null) return { lsn: this.lsn, changes: new Map(), whole: false };
+    this.lsn = c.lsn;
+    return { lsn: c.lsn, changes, whole: false };
+  }
+
+  /** Finds the replica row an old row (key columns, or all under REPLICA IDENTITY FULL) designates. */
+  private find(t: TableState, old: Row): [string | undefined, Row | undefined] {
+    const key = rowKey(old, t.keyColumns);
+    const hit = t.rows.get(key);
+    if (hit !== undefined) return [key, hit];
+    // Replica identity other than the key: match on the columns the old row carries.
+    const given = Object.keys(old).filter((c) => old[c] !== null);
+    if (given.length === 0) return [undefined, undefined];
+    for (const [k, r] of t.rows) {
+      if (given.every((c) => keyText(r[c] ?? null) === keyText(old[c] ?? null))) return [k, r];
+    }
+    return [undefined, undefined];
+  }
+
+  private relation(id: number): RelInfo {
+    const rel = this.relations.get(id);
+    if (rel === undefined) throw new ProtocolError(`op for relation ${id} before its Relation message`);
+    return rel;
+  }
+
+  private table(target: Map<string, TableState>, rel: RelInfo): TableState {
+    let t = target.get(rel.name);
+    if (t === undefined) {
+      t = { name: rel.name, columns: rel.columns, keyColumns: keyColumnsOf(rel.columns), rows: new Map(), version: 0 };
+      target.set(rel.name, t);
+    }
+    return t;
+  }
+
+  /** Applies a Relation to its table: a new table is created; a changed one has its rows reshaped and re-keyed. */
+  private applySchema(rel: RelInfo, changes: Map<string, Change[]>): void {
+    const target = this.staging ?? this.tables;
+    const t = target.get(rel.name);
+    if (t === undefined) {
+      this.table(target, rel);
+      return;
+    }
+    const same =
+      t.columns.length === rel.columns.length &&
+      t.columns.every((c, i) => {
+        const n = rel.columns[i] as ColumnInfo;
+        return c.name === n.name && c.typeOid === n.typeOid && c.typeName === n.typeName && c.primaryKey === n.primaryKey;
+      });
+    if (same) {
+      t.columns = rel.columns;
+      return;
+    }
+    const names = rel.columns.map((c) => c.name);
+    const keyColumns = keyColumnsOf(rel.columns);
+    const rows = new Map<string, Row>();
+    for (const old of t.rows.values()) {
+      const row: Row = {};
+      for (const n of names) row[n] = old[n] ?? null;
+      rows.set(rowKey(row, keyColumns), row);
+    }
+    t.columns = rel.columns;
+    t.keyColumns = keyColumns;
+    t.rows = rows;
+    t.version++;
+    if (target === this.tables) changes.set(t.name, [...(changes.get(t.name) ?? []), { op: "reset" }]);
+  }
+
+  private decodeRow(rel: RelInfo, wire: WireRow | undefined, allowUnchanged: boolean): Record<string, Slot> {
+    if (wire === undefined) throw new ProtocolError(`row missing for ${rel.name}`);
+    const cols = rel.columns;
+    if (wire.values.length !== cols.length) {
+      throw new ProtocolError(`${rel.name}: row has ${wire.values.length} values, relation has ${cols.length} columns`);
+    }
+    const row: Record<string, Slot> = {};
+    const nulls = wire.nulls;
+    const unchanged = wire.unchanged;
+    for (let i = 0; i < cols.length; i++) {
+      const name = (cols[i] as ColumnInfo).name;
+      if (unchanged.length > 0 && bitSet(unchanged, i)) {
+        if (!allowUnchanged) throw new ProtocolError(`${rel.name}: unchanged bit outside an Update's new row`);
+        row[name] = UNCHANGED;
+      } else if (nulls.length > 0 && bitSet(nulls, i)) {
+        row[name] = null;
+      } else {
+        row[name] = (rel.decoders[i] as Decoder)(utf8Text(wire.values[i] as Uint8Array));
+      }
+    }
+    return row;
+  }
+}

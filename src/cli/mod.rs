@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Config;
 use crate::pg::lsn::Lsn;
 
+pub mod dev;
 pub mod dispatch;
 pub mod token;
 

@@ -12,7 +12,6 @@
 //! Run: `cargo bench --bench replication_throughput` (ROWS=… to scale).
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::process::{Command, Stdio};
@@ -75,7 +74,10 @@ fn main() {
     });
     let avg_row: f64 = rt.block_on(async {
         let r = client
-            .query_one("SELECT avg(pg_column_size(b.*))::float8 FROM bench_rows b", &[])
+            .query_one(
+                "SELECT avg(pg_column_size(b.*))::float8 FROM bench_rows b",
+                &[],
+            )
             .await
             .expect("row size");
         r.get(0)
@@ -89,8 +91,20 @@ fn main() {
     let recv = pg.bin_dir().join("pg_recvlogical");
     let t = Instant::now();
     let status = Command::new(&recv)
-        .args(["-d", &pg.url(), "--slot", "recvlogical", "--start", "--no-loop"])
-        .args(["-o", "proto_version=1", "-o", "publication_names=pgsat_bench"])
+        .args([
+            "-d",
+            &pg.url(),
+            "--slot",
+            "recvlogical",
+            "--start",
+            "--no-loop",
+        ])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=pgsat_bench",
+        ])
         .args(["-E", &end_lsn, "-f", "/dev/null"])
         .stdout(Stdio::null())
         .status()

@@ -259,7 +259,7 @@ pub async fn connect_sql(params: &ConnParams) -> Result<tokio_postgres::Client, 
         .to_tokio_postgres()
         .connect(tokio_postgres::NoTls)
         .await
-        .map_err(PgError::from_tokio_postgres)?;
+        .map_err(PgError::from)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "SQL connection ended");
@@ -288,7 +288,6 @@ impl RunError {
     }
 }
 
-
 fn jitter(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -296,4 +295,3 @@ fn jitter(d: Duration) -> Duration {
         .unwrap_or(0);
     d + d.mul_f64((nanos % 1000) as f64 / 4000.0)
 }
-

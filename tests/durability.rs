@@ -39,7 +39,12 @@ async fn collect(p: &Pgsat, from: u64, count: usize) -> Vec<Txn> {
     let mut out = Vec::new();
     while out.len() < count {
         let f = c.recv_timeout(T).await.expect("frame");
-        assert!(f.ty == 9 || f.ty == 10, "unexpected {} {:?}", f.ty, f.error());
+        assert!(
+            f.ty == 9 || f.ty == 10,
+            "unexpected {} {:?}",
+            f.ty,
+            f.error()
+        );
         out.extend(r.feed(&f));
     }
     out
@@ -96,9 +101,16 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
     // transaction at or before the confirmed position is in the log.
     let confirmed = slot_confirmed(&pg.client().await).await;
     let durable_end = log_end_on_disk(&pg, &p).await;
-    let newest_confirmed_txn = first.iter().map(|t| t.lsn).filter(|l| *l <= confirmed).max();
+    let newest_confirmed_txn = first
+        .iter()
+        .map(|t| t.lsn)
+        .filter(|l| *l <= confirmed)
+        .max();
     if let Some(lsn) = newest_confirmed_txn {
-        assert!(durable_end >= lsn, "slot confirmed {confirmed} but the log ends at {durable_end}");
+        assert!(
+            durable_end >= lsn,
+            "slot confirmed {confirmed} but the log ends at {durable_end}"
+        );
     }
     p.restart();
     writer.await.expect("writer");
@@ -106,7 +118,11 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
     let last = first.last().expect("some").lsn;
     let rest = collect(&p, last, 300 - first.len()).await;
     let batches: Vec<i64> = first.iter().chain(&rest).map(batch_of).collect();
-    assert_eq!(batches, (0..300).collect::<Vec<i64>>(), "no gap, no duplicate, commit order");
+    assert_eq!(
+        batches,
+        (0..300).collect::<Vec<i64>>(),
+        "no gap, no duplicate, commit order"
+    );
     // A fresh reader from the very start sees the same history.
     let all = collect(&p, first[0].lsn - 1, 300).await;
     assert_eq!(all.iter().map(batch_of).collect::<Vec<_>>(), batches);
@@ -117,7 +133,7 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_mid_stream_is_bridged() {
-    let (mut pg, _dir, p) = setup(&[]).await;
+    let (pg, _dir, p) = setup(&[]).await;
     let db = pg.client().await;
     for b in 0..20 {
         db.batch_execute(&format!("INSERT INTO events (batch) VALUES ({b})"))
@@ -134,12 +150,15 @@ async fn postgres_restart_mid_stream_is_bridged() {
             .expect("write");
     }
     let got = collect(&p, 1, 40).await;
-    assert_eq!(got.iter().map(batch_of).collect::<Vec<_>>(), (0..40).collect::<Vec<i64>>());
+    assert_eq!(
+        got.iter().map(batch_of).collect::<Vec<_>>(),
+        (0..40).collect::<Vec<i64>>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fast_shutdown_is_not_held_up_and_confirmed_follows_the_durable_log() {
-    let (mut pg, _dir, p) = setup(&[]).await;
+    let (pg, _dir, _p) = setup(&[]).await;
     let db = pg.client().await;
     for b in 0..50 {
         db.batch_execute(&format!("INSERT INTO events (batch) VALUES ({b})"))
@@ -150,14 +169,20 @@ async fn fast_shutdown_is_not_held_up_and_confirmed_follows_the_durable_log() {
     let target = wal_lsn(&db).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while slot_confirmed(&db).await < target {
-        assert!(Instant::now() < deadline, "confirmed_flush_lsn did not follow when idle");
+        assert!(
+            Instant::now() < deadline,
+            "confirmed_flush_lsn did not follow when idle"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // pg_ctl stop -m fast completes with pgsat connected.
     drop(db);
     let started = Instant::now();
     pg.stop(support::StopMode::Fast);
-    assert!(started.elapsed() < Duration::from_secs(20), "fast shutdown was held up");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "fast shutdown was held up"
+    );
 }
 
 /// Opens the (dead) proxy's log directly and returns its end LSN.
@@ -262,7 +287,9 @@ async fn sigterm_sends_shutting_down_after_whole_transactions_and_exits_zero() {
 async fn a_data_dir_of_another_database_is_refused_and_a_lost_one_reports_the_gap() {
     let (pg, dir, mut p) = setup(&[]).await;
     let db = pg.client().await;
-    db.batch_execute("INSERT INTO events (batch) VALUES (1)").await.expect("w");
+    db.batch_execute("INSERT INTO events (batch) VALUES (1)")
+        .await
+        .expect("w");
     let first = collect(&p, 1, 1).await;
     p.kill();
 
@@ -285,8 +312,12 @@ async fn a_data_dir_of_another_database_is_refused_and_a_lost_one_reports_the_ga
         .output()
         .expect("run");
     assert!(!out.status.success(), "a foreign log must be refused");
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(text.to_lowercase().contains("system"), "error names the mismatch: {text}");
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.to_lowercase().contains("system"),
+        "error names the mismatch: {text}"
+    );
 
     // The data dir lost: the slot is ahead of the (new, empty) log. Positions
     // before the slot answer BEHIND_WINDOW; new transactions flow.
@@ -303,8 +334,13 @@ async fn a_data_dir_of_another_database_is_refused_and_a_lost_one_reports_the_ga
     )
     .await;
     let f = c.recv_timeout(T).await.expect("answer");
-    assert_eq!(f.error().expect("error").code, pb::ErrorCode::BehindWindow as i32);
-    db.batch_execute("INSERT INTO events (batch) VALUES (2)").await.expect("w");
+    assert_eq!(
+        f.error().expect("error").code,
+        pb::ErrorCode::BehindWindow as i32
+    );
+    db.batch_execute("INSERT INTO events (batch) VALUES (2)")
+        .await
+        .expect("w");
     let after = collect(&p, first[0].lsn, 1).await;
     assert_eq!(batch_of(&after[0]), 2);
 }
@@ -365,11 +401,17 @@ fn vm_rss_kib(pid: u32) -> u64 {
 async fn random_workload_with_disconnecting_clients_is_exact() {
     let (pg, _dir, p) = setup(&[]).await;
     let db = pg.client().await;
-    db.batch_execute("CREATE TABLE accounts (id int PRIMARY KEY, balance bigint);
-                      INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 100) g;")
+    db.batch_execute(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint);
+                      INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 100) g;",
+    )
+    .await
+    .expect("accounts");
+    let start: String = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
-        .expect("accounts");
-    let start: String = db.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.expect("lsn").get(0);
+        .expect("lsn")
+        .get(0);
     let start = start.parse::<pgsat::pg::lsn::Lsn>().expect("lsn").0;
     let mut writers = Vec::new();
     for w in 0..8 {

@@ -22,7 +22,11 @@ const SCHEMA: &str = "
 
 async fn setup(extra: &[(&str, &str)]) -> (PgServer, tempfile::TempDir, Pgsat) {
     let pg = PgServer::start();
-    pg.client().await.batch_execute(SCHEMA).await.expect("schema");
+    pg.client()
+        .await
+        .batch_execute(SCHEMA)
+        .await
+        .expect("schema");
     let dir = tempfile::tempdir().expect("tempdir");
     let pgsat = Pgsat::start(&pg, dir.path(), extra);
     (pg, dir, pgsat)
@@ -30,7 +34,9 @@ async fn setup(extra: &[(&str, &str)]) -> (PgServer, tempfile::TempDir, Pgsat) {
 
 async fn expect_error(c: &mut RawClient, code: pb::ErrorCode) -> pb::ErrorResp {
     let f = c.recv_timeout(T).await.expect("an ErrorResp");
-    let e = f.error().unwrap_or_else(|| panic!("expected ErrorResp {code:?}, got type {}", f.ty));
+    let e = f
+        .error()
+        .unwrap_or_else(|| panic!("expected ErrorResp {code:?}, got type {}", f.ty));
     assert_eq!(e.code, code as i32, "error code (message: {})", e.message);
     e
 }
@@ -40,7 +46,12 @@ async fn read_txns(c: &mut RawClient, r: &mut TxnReader, n: usize) -> Vec<suppor
     let mut out = Vec::new();
     while out.len() < n {
         let f = c.recv_timeout(T).await.expect("stream frame");
-        assert!(f.ty == 9 || f.ty == 10, "unexpected frame {} {:?}", f.ty, f.error());
+        assert!(
+            f.ty == 9 || f.ty == 10,
+            "unexpected frame {} {:?}",
+            f.ty,
+            f.error()
+        );
         out.extend(r.feed(&f));
     }
     out
@@ -108,7 +119,11 @@ async fn session_step1_auth_rules() {
     )
     .await;
     let e = expect_error(&mut c, pb::ErrorCode::AuthFailed).await;
-    assert!(!e.message.contains("SECRETSTUFF"), "message echoes the token: {}", e.message);
+    assert!(
+        !e.message.contains("SECRETSTUFF"),
+        "message echoes the token: {}",
+        e.message
+    );
     assert!(c.closed_within(T).await);
 
     // Expired token → TOKEN_EXPIRED and close.
@@ -131,11 +146,31 @@ async fn framing_errors_close_the_connection_and_the_server_survives() {
     let cases: Vec<(&str, Vec<u8>, pb::ErrorCode)> = vec![
         ("length 0", vec![0, 0, 0, 0], pb::ErrorCode::InvalidRequest),
         // Declared 2 GiB, no body sent: answered at once, nothing allocated.
-        ("oversized", vec![0x80, 0, 0, 0, 1], pb::ErrorCode::FrameTooLarge),
-        ("just over max", vec![0, 0, 4, 1, 1], pb::ErrorCode::FrameTooLarge),
-        ("unknown type", vec![0, 0, 0, 1, 99], pb::ErrorCode::InvalidRequest),
-        ("reserved type", vec![0, 0, 0, 1, 14], pb::ErrorCode::InvalidRequest),
-        ("server-only type", vec![0, 0, 0, 1, 2], pb::ErrorCode::InvalidRequest),
+        (
+            "oversized",
+            vec![0x80, 0, 0, 0, 1],
+            pb::ErrorCode::FrameTooLarge,
+        ),
+        (
+            "just over max",
+            vec![0, 0, 4, 1, 1],
+            pb::ErrorCode::FrameTooLarge,
+        ),
+        (
+            "unknown type",
+            vec![0, 0, 0, 1, 99],
+            pb::ErrorCode::InvalidRequest,
+        ),
+        (
+            "reserved type",
+            vec![0, 0, 0, 1, 14],
+            pb::ErrorCode::InvalidRequest,
+        ),
+        (
+            "server-only type",
+            vec![0, 0, 0, 1, 2],
+            pb::ErrorCode::InvalidRequest,
+        ),
         (
             "undecodable body",
             vec![0, 0, 0, 4, 1, 0x0a, 0xff, 0xff],
@@ -150,19 +185,30 @@ async fn framing_errors_close_the_connection_and_the_server_survives() {
                 c.auth(&insecure_token("alice", 3600)).await;
             }
             c.send_bytes(&bytes).await;
-            let f = c.recv_timeout(T).await.unwrap_or_else(|| panic!("{name}: closed without error"));
-            let e = f.error().unwrap_or_else(|| panic!("{name}: got type {}", f.ty));
+            let f = c
+                .recv_timeout(T)
+                .await
+                .unwrap_or_else(|| panic!("{name}: closed without error"));
+            let e = f
+                .error()
+                .unwrap_or_else(|| panic!("{name}: got type {}", f.ty));
             // Before auth an invalid frame may also be reported as AUTH_REQUIRED
             // only when it is a well-formed non-auth frame; malformed ones are
             // framing errors.
-            assert_eq!(e.code, code as i32, "{name} (authed={authed}): {}", e.message);
+            assert_eq!(
+                e.code, code as i32,
+                "{name} (authed={authed}): {}",
+                e.message
+            );
             assert!(c.closed_within(T).await, "{name}: connection stays open");
         }
     }
     // Random byte soup never brings the server down.
     for seed in 0..50u64 {
         let mut c = RawClient::connect(p.tcp).await;
-        let junk: Vec<u8> = (0..(seed * 37 % 300)).map(|i| (i * 31 + seed * 7) as u8).collect();
+        let junk: Vec<u8> = (0..(seed * 37 % 300))
+            .map(|i| (i * 31 + seed * 7) as u8)
+            .collect();
         c.send_bytes(&junk).await;
         drop(c);
     }
@@ -196,8 +242,15 @@ async fn session_step2_replication_and_exact_resume() {
     .expect("writes");
     let mut r = TxnReader::default();
     let txns = read_txns(&mut c, &mut r, 2).await;
-    assert!(txns[0].lsn > start.lsn && txns[1].lsn > txns[0].lsn, "commit order");
-    let rel = r.relations.values().find(|r| r.table == "todos").expect("todos Relation");
+    assert!(
+        txns[0].lsn > start.lsn && txns[1].lsn > txns[0].lsn,
+        "commit order"
+    );
+    let rel = r
+        .relations
+        .values()
+        .find(|r| r.table == "todos")
+        .expect("todos Relation");
     assert_eq!(rel.schema, "public");
     let names: Vec<_> = rel.columns.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["id", "owner", "title", "done"]);
@@ -246,7 +299,9 @@ async fn session_step2_replication_and_exact_resume() {
 async fn websocket_transport_speaks_the_same_protocol() {
     let (pg, _dir, p) = setup(&[]).await;
     let url = format!("ws://{}/ws", p.ws);
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("ws connect");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("ws connect");
     let send = |ty: u8, body: Vec<u8>| {
         let mut m = vec![ty];
         m.extend(body);
@@ -285,15 +340,24 @@ async fn websocket_transport_speaks_the_same_protocol() {
     let mut r = TxnReader::default();
     let mut got = Vec::new();
     while got.is_empty() {
-        let m = tokio::time::timeout(T, ws.next()).await.expect("in time").expect("msg").expect("ok");
+        let m = tokio::time::timeout(T, ws.next())
+            .await
+            .expect("in time")
+            .expect("msg")
+            .expect("ok");
         got.extend(r.feed(&next(m)));
     }
     assert_eq!(got.len(), 1);
 
     // A text message is a protocol error: INVALID_REQUEST and close.
-    ws.send(WsMessage::Text("hello".into())).await.expect("send");
+    ws.send(WsMessage::Text("hello".into()))
+        .await
+        .expect("send");
     let f = next(ws.next().await.expect("msg").expect("ok"));
-    assert_eq!(f.error().expect("ErrorResp").code, pb::ErrorCode::InvalidRequest as i32);
+    assert_eq!(
+        f.error().expect("ErrorResp").code,
+        pb::ErrorCode::InvalidRequest as i32
+    );
 
     // Wrong path: no WebSocket.
     let wrong = format!("ws://{}/nope", p.ws);
@@ -324,7 +388,9 @@ async fn user_deleted_and_principal_changed_close_the_session() {
     assert!(other.closed_within(T).await);
 
     // Deleting bob's row ends bob's session with USER_DELETED.
-    db.batch_execute("DELETE FROM users WHERE id = 'bob'").await.expect("delete");
+    db.batch_execute("DELETE FROM users WHERE id = 'bob'")
+        .await
+        .expect("delete");
     loop {
         let f = c.recv_timeout(T).await.expect("USER_DELETED");
         if let Some(e) = f.error() {
@@ -354,7 +420,9 @@ async fn session_step4_expiry_pauses_and_refresh_resumes_without_gap() {
         .expect("insert");
     // Nothing flows while paused.
     assert!(
-        tokio::time::timeout(Duration::from_millis(500), c.recv()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(500), c.recv())
+            .await
+            .is_err(),
         "frames sent while paused"
     );
     // A valid refresh resumes exactly where it paused.
@@ -450,5 +518,8 @@ async fn slow_consumer_is_closed_while_others_keep_receiving() {
         }
     }
     assert!(saw, "the stuck client was sent SLOW_CONSUMER before close");
-    assert!(p.metrics().contains("pgsat_slow_consumer"), "metric exported");
+    assert!(
+        p.metrics().contains("pgsat_slow_consumer"),
+        "metric exported"
+    );
 }

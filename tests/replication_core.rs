@@ -22,9 +22,11 @@ const SAME_TEXT: &str =
 async fn setup(schema: &str, extra: &[(&str, &str)]) -> (PgServer, tempfile::TempDir, Pgsat) {
     let pg = PgServer::start();
     let db = pg.client().await;
-    db.batch_execute("CREATE TABLE users (id text PRIMARY KEY); INSERT INTO users VALUES ('alice');")
-        .await
-        .expect("users");
+    db.batch_execute(
+        "CREATE TABLE users (id text PRIMARY KEY); INSERT INTO users VALUES ('alice');",
+    )
+    .await
+    .expect("users");
     db.batch_execute(schema).await.expect("schema");
     let dir = tempfile::tempdir().expect("tempdir");
     let p = Pgsat::start(&pg, dir.path(), extra);
@@ -42,7 +44,12 @@ async fn read_txns(c: &mut RawClient, r: &mut TxnReader, n: usize) -> Vec<Txn> {
     let mut out = Vec::new();
     while out.len() < n {
         let f = c.recv_timeout(T).await.expect("stream frame");
-        assert!(f.ty == 9 || f.ty == 10, "unexpected frame {} {:?}", f.ty, f.error());
+        assert!(
+            f.ty == 9 || f.ty == 10,
+            "unexpected frame {} {:?}",
+            f.ty,
+            f.error()
+        );
         out.extend(r.feed(&f));
     }
     out
@@ -84,7 +91,11 @@ async fn every_common_type_arrives_as_postgres_text() {
     .expect("insert");
     let mut r = TxnReader::default();
     let txn = read_txns(&mut c, &mut r, 1).await.remove(0);
-    let rel = r.relations.values().find(|x| x.table == "types").expect("Relation");
+    let rel = r
+        .relations
+        .values()
+        .find(|x| x.table == "types")
+        .expect("Relation");
     let cols: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
     db.batch_execute(SAME_TEXT).await.expect("settings");
     let expect_sql = format!(
@@ -106,7 +117,10 @@ async fn every_common_type_arrives_as_postgres_text() {
     // format('%s') is the type's output function, as pgoutput uses; for
     // everything but boolean that is also `::text`.
     let text_cast = db
-        .query_one("SELECT t::text, num::text, tstz::text, iv::text FROM types ORDER BY id LIMIT 1", &[])
+        .query_one(
+            "SELECT t::text, num::text, tstz::text, iv::text FROM types ORDER BY id LIMIT 1",
+            &[],
+        )
         .await
         .expect("cast");
     for (i, name) in ["t", "num", "tstz", "iv"].iter().enumerate() {
@@ -145,7 +159,13 @@ async fn replica_identities_and_primary_key_change() {
     .expect("writes");
     let mut r = TxnReader::default();
     let txns = read_txns(&mut c, &mut r, 13).await;
-    let rel_id = |t: &str| r.relations.values().find(|x| x.table == t).expect(t).relation_id;
+    let rel_id = |t: &str| {
+        r.relations
+            .values()
+            .find(|x| x.table == t)
+            .expect(t)
+            .relation_id
+    };
     let (d, f, ix) = (rel_id("r_default"), rel_id("r_full"), rel_id("r_index"));
     let op = |i: usize| &txns[i].ops[0];
     // Updates: DEFAULT without key change sends no old row; FULL sends all of it.
@@ -171,22 +191,34 @@ async fn replica_identities_and_primary_key_change() {
     // Primary key change: the old key comes along.
     match op(7) {
         Op::Update(u) => {
-            assert_eq!(cell(u.old_row.as_ref().expect("old key"), 0).as_deref(), Some("1"));
+            assert_eq!(
+                cell(u.old_row.as_ref().expect("old key"), 0).as_deref(),
+                Some("1")
+            );
             assert_eq!(cell(u.row.as_ref().expect("row"), 0).as_deref(), Some("2"));
         }
         o => panic!("{o:?}"),
     }
     // Deletes carry the identity: key for DEFAULT / USING INDEX, all for FULL.
     match op(8) {
-        Op::Delete(x) => assert_eq!(cell(x.old_row.as_ref().expect("key"), 0).as_deref(), Some("2")),
+        Op::Delete(x) => assert_eq!(
+            cell(x.old_row.as_ref().expect("key"), 0).as_deref(),
+            Some("2")
+        ),
         o => panic!("{o:?}"),
     }
     match op(9) {
-        Op::Delete(x) => assert_eq!(cell(x.old_row.as_ref().expect("full"), 1).as_deref(), Some("b")),
+        Op::Delete(x) => assert_eq!(
+            cell(x.old_row.as_ref().expect("full"), 1).as_deref(),
+            Some("b")
+        ),
         o => panic!("{o:?}"),
     }
     match op(10) {
-        Op::Delete(x) => assert_eq!(cell(x.old_row.as_ref().expect("key"), 1).as_deref(), Some("10")),
+        Op::Delete(x) => assert_eq!(
+            cell(x.old_row.as_ref().expect("key"), 1).as_deref(),
+            Some("10")
+        ),
         o => panic!("{o:?}"),
     }
     // NOTHING: updates and deletes are refused by Postgres itself for a
@@ -233,7 +265,11 @@ async fn unchanged_toast_is_marked_or_filled_by_replica_identity() {
     match &txns[2].ops[0] {
         Op::Update(u) => {
             let row = u.row.as_ref().expect("row");
-            assert_eq!(row.unchanged.first().copied().unwrap_or(0) & (0x80 >> 2), 0x80 >> 2, "doc unchanged bit");
+            assert_eq!(
+                row.unchanged.first().copied().unwrap_or(0) & (0x80 >> 2),
+                0x80 >> 2,
+                "doc unchanged bit"
+            );
             assert!(row.values[2].is_empty());
             assert_eq!(cell(row, 1).as_deref(), Some("1"));
         }
@@ -242,8 +278,15 @@ async fn unchanged_toast_is_marked_or_filled_by_replica_identity() {
     match &txns[3].ops[0] {
         Op::Update(u) => {
             let row = u.row.as_ref().expect("row");
-            assert!(row.unchanged.iter().all(|b| *b == 0), "FULL: no unchanged bit");
-            assert_eq!(cell(row, 2).as_deref(), Some(doc_full.as_str()), "filled from the old row");
+            assert!(
+                row.unchanged.iter().all(|b| *b == 0),
+                "FULL: no unchanged bit"
+            );
+            assert_eq!(
+                cell(row, 2).as_deref(),
+                Some(doc_full.as_str()),
+                "filled from the old row"
+            );
         }
         o => panic!("{o:?}"),
     }
@@ -251,7 +294,11 @@ async fn unchanged_toast_is_marked_or_filled_by_replica_identity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_writers_arrive_whole_in_commit_order() {
-    let (pg, _dir, p) = setup("CREATE TABLE w (id bigserial PRIMARY KEY, writer int, seq int, xid bigint);", &[]).await;
+    let (pg, _dir, p) = setup(
+        "CREATE TABLE w (id bigserial PRIMARY KEY, writer int, seq int, xid bigint);",
+        &[],
+    )
+    .await;
     let mut c = client(&p, 0).await;
     let mut writers = Vec::new();
     for w in 0..50 {
@@ -294,7 +341,10 @@ async fn fifty_concurrent_writers_arrive_whole_in_commit_order() {
             })
             .collect();
         let key = rows[0];
-        assert!(rows.iter().all(|x| *x == key), "one writer transaction per Begin…Commit");
+        assert!(
+            rows.iter().all(|x| *x == key),
+            "one writer transaction per Begin…Commit"
+        );
         let want = expected[&(key.0 as i32, key.1 as i32)];
         assert_eq!(rows.len() as i32, want, "transaction whole");
         assert!(seen.insert(key), "no duplicate");
@@ -323,14 +373,25 @@ async fn a_hundred_thousand_row_transaction_arrives_whole() {
     }
     let t = &txns[0];
     assert_eq!(t.ops.len(), 100_000);
-    assert!(frames > 1, "a large transaction is split across OpLog messages");
-    let ids: HashSet<String> = t.ops.iter().map(|o| cell(row_of(o), 0).expect("id")).collect();
+    assert!(
+        frames > 1,
+        "a large transaction is split across OpLog messages"
+    );
+    let ids: HashSet<String> = t
+        .ops
+        .iter()
+        .map(|o| cell(row_of(o), 0).expect("id"))
+        .collect();
     assert_eq!(ids.len(), 100_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_mid_stream_sends_new_relation_and_resume_gets_the_old_one_first() {
-    let (pg, _dir, p) = setup("CREATE TABLE evolving (id int PRIMARY KEY, a text, b text);", &[]).await;
+    let (pg, _dir, p) = setup(
+        "CREATE TABLE evolving (id int PRIMARY KEY, a text, b text);",
+        &[],
+    )
+    .await;
     let db = pg.client().await;
     let mut c = client(&p, 0).await;
     db.batch_execute(
@@ -355,7 +416,14 @@ async fn ddl_mid_stream_sends_new_relation_and_resume_gets_the_old_one_first() {
         }
         txns.extend(r.feed(&f));
     }
-    assert_eq!(rels, vec![vec!["id", "a", "b"], vec!["id", "a", "b", "c"], vec!["id", "b", "c"]]);
+    assert_eq!(
+        rels,
+        vec![
+            vec!["id", "a", "b"],
+            vec!["id", "a", "b", "c"],
+            vec!["id", "b", "c"]
+        ]
+    );
     assert_eq!(cell(row_of(&txns[2].ops[0]), 1).as_deref(), Some("b3"));
     assert_eq!(cell(row_of(&txns[2].ops[0]), 2).as_deref(), Some("3"));
 
@@ -373,7 +441,10 @@ async fn ddl_mid_stream_sends_new_relation_and_resume_gets_the_old_one_first() {
         }
         let done = r2.feed(&f);
         for t in &done {
-            order.push(format!("txn:{}", t.lsn == txns[0].lsn || t.lsn == txns[1].lsn));
+            order.push(format!(
+                "txn:{}",
+                t.lsn == txns[0].lsn || t.lsn == txns[1].lsn
+            ));
         }
         got += done.len();
     }

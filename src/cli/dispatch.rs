@@ -8,7 +8,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
-    crate::cli::dev::run(args).await
+    let _ = args;
+    // `pgsat dev` lands with the devops branch (embedded Postgres).
+    anyhow::bail!("`pgsat dev` is not available in this build yet")
 }
 
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {

@@ -48,7 +48,7 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            ctx.metrics.connection_refused();
+            tracing::warn!(peer = %peer, max = ctx.config.max_connections, "connection refused: MAX_CONNECTIONS reached");
             tasks.spawn(refuse(stream, ctx.config.max_connections));
             continue;
         };
@@ -97,6 +97,8 @@ async fn ws_handshake(
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
+    // The callback's signature is tungstenite's; its error type is theirs.
+    #[allow(clippy::result_large_err)]
     let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() == "/ws" {
             Ok(resp)

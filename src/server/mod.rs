@@ -87,9 +87,9 @@ pub async fn run_until(
 
     // The HTTP endpoint first, so /healthz answers and /readyz says 503
     // during start-up.
-    let http_listener = TcpListener::bind(config.http_listen_addr).await.map_err(|e| {
-        anyhow::anyhow!("HTTP_LISTEN_ADDR {}: {e}", config.http_listen_addr)
-    })?;
+    let http_listener = TcpListener::bind(config.http_listen_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("HTTP_LISTEN_ADDR {}: {e}", config.http_listen_addr))?;
     let http_addr = http_listener.local_addr()?;
     let http_task = tokio::spawn(crate::http::serve(
         http_listener,
@@ -247,10 +247,25 @@ async fn stats_loop(
             _ = tick.tick() => {}
         }
         let stats = log.stats();
-        metrics.observe_log(&stats);
+        Metrics::set_u64(&metrics.window_bytes, stats.window_bytes);
+        Metrics::set_u64(&metrics.window_transactions, stats.window_txns);
+        Metrics::set_u64(
+            &metrics.window_oldest_lsn,
+            stats.oldest_lsn.unwrap_or(stats.start_lsn),
+        );
+        Metrics::set_u64(&metrics.cache_bytes, stats.cache_bytes);
+        Metrics::set_u64(&metrics.log_disk_bytes, stats.disk_bytes);
+        Metrics::set_u64(&metrics.log_durable_lsn, stats.durable_lsn);
         readiness.set_log_healthy(stats.healthy);
-        if let Ok(s) = slot::slot_stats(&client, &slot_name).await {
-            metrics.observe_slot(&s);
+        if let Ok(Some(s)) = slot::slot_stats(&client, &slot_name).await {
+            Metrics::set_u64(
+                &metrics.replication_slot_retained_wal_bytes,
+                s.retained_wal_bytes,
+            );
+            Metrics::set_u64(
+                &metrics.replication_lag_bytes,
+                s.current_wal_lsn.saturating_sub(stats.durable_lsn),
+            );
         }
     }
 }

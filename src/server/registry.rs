@@ -10,9 +10,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+/// A session's registration id and its deletion signal.
+type SessionSignal = (u64, Arc<Notify>);
+
 #[derive(Default)]
 pub struct Registry {
-    inner: Mutex<HashMap<String, Vec<(u64, Arc<Notify>)>>>,
+    inner: Mutex<HashMap<String, Vec<SessionSignal>>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 

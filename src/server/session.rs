@@ -27,11 +27,11 @@ use super::transport::{Incoming, OutQueue, Reader, Writer};
 use super::ServerCtx;
 use crate::auth::Principal;
 use crate::log::{Cursor, Entry, LogError};
+use crate::metrics::{AuthResult, CloseReason, SessionState};
 use crate::protocol::frame::encode_frame;
 use crate::protocol::message::ClientMessage;
 use crate::protocol::msg_type::MsgType;
 use crate::protocol::pb;
-use crate::metrics::{AuthResult, CloseReason, SessionState};
 use crate::protocol::pb::ErrorCode;
 
 /// Queue size above which the session stops pulling from its cursor until the
@@ -88,7 +88,11 @@ pub async fn run(ctx: Arc<ServerCtx>, mut reader: Reader, writer: Writer, peer: 
         state: None,
     };
     let reason = s.run(&mut reader).await;
-    let user = s.principal.as_ref().map(|p| p.user_id.as_str()).unwrap_or("");
+    let user = s
+        .principal
+        .as_ref()
+        .map(|p| p.user_id.as_str())
+        .unwrap_or("");
     tracing::info!(
         peer = %peer,
         user_id = user,
@@ -123,7 +127,10 @@ impl Session {
     }
 
     fn user_id(&self) -> &str {
-        self.principal.as_ref().map(|p| p.user_id.as_str()).unwrap_or("")
+        self.principal
+            .as_ref()
+            .map(|p| p.user_id.as_str())
+            .unwrap_or("")
     }
 
     /// Step 1: the first frame must be an AuthReq within AUTH_TIMEOUT.
@@ -399,7 +406,8 @@ impl Session {
                     if self.sent_relations.get(rel_id) != Some(def) {
                         self.sent_relations.insert(*rel_id, def.clone());
                         self.out.push(def.clone());
-                        self.count_sent(1, def.len());
+                        self.ctx.metrics.sent_frames.inc();
+                        self.ctx.metrics.sent_bytes.inc_by(def.len() as u64);
                     }
                 }
                 self.out.push(txn.frames.clone());

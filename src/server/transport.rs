@@ -57,7 +57,10 @@ impl OutQueue {
 pub enum Incoming {
     Frame(Frame),
     /// A frame that breaks the framing rules: answer with this error, close.
-    Invalid { code: ErrorCode, message: String },
+    Invalid {
+        code: ErrorCode,
+        message: String,
+    },
     /// The client closed the connection (or it broke).
     Closed,
 }
@@ -169,8 +172,7 @@ impl Writer {
                         slices[i] = io::IoSlice::new(part);
                         n += 1;
                     }
-                    let wrote =
-                        ready!(Pin::new(&mut *half).poll_write_vectored(cx, &slices[..n]))?;
+                    let wrote = ready!(Pin::new(&mut *half).poll_write_vectored(cx, &slices[..n]))?;
                     if wrote == 0 {
                         return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                     }

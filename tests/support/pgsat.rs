@@ -94,7 +94,10 @@ impl Pgsat {
         loop {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!("pgsat exited during start-up ({status}):\n{}", self.output());
+                    panic!(
+                        "pgsat exited during start-up ({status}):\n{}",
+                        self.output()
+                    );
                 }
             }
             if matches!(http_get(self.http, "/readyz"), Some((200, _))) {
@@ -143,7 +146,9 @@ impl Pgsat {
     }
 
     pub fn metrics(&self) -> String {
-        http_get(self.http, "/metrics").map(|(_, b)| b).unwrap_or_default()
+        http_get(self.http, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
     }
 }
 
@@ -157,7 +162,11 @@ impl Drop for Pgsat {
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf).to_string();
@@ -298,7 +307,12 @@ impl RawClient {
             .recv_timeout(Duration::from_secs(10))
             .await
             .expect("start answer");
-        assert_eq!(f.ty, 4, "expected StartReplicationResp, got {:?}", f.error());
+        assert_eq!(
+            f.ty,
+            4,
+            "expected StartReplicationResp, got {:?}",
+            f.error()
+        );
         pb::StartReplicationResp::decode(f.body).expect("StartReplicationResp")
     }
 }
@@ -383,7 +397,10 @@ impl TxnReader {
 
 /// Text value of column `i` of a row (None = NULL).
 pub fn cell(row: &pb::Row, i: usize) -> Option<String> {
-    let null = row.nulls.get(i / 8).is_some_and(|b| b & (0x80 >> (i % 8)) != 0);
+    let null = row
+        .nulls
+        .get(i / 8)
+        .is_some_and(|b| b & (0x80 >> (i % 8)) != 0);
     if null {
         None
     } else {

@@ -570,11 +570,23 @@ pub fn read_postmaster_pid(data_dir: &Path) -> Option<i32> {
         .filter(|p| *p > 0)
 }
 
-/// Whether a process with this pid exists (`kill(pid, 0)`; EPERM counts as
-/// existing).
+/// Whether a process with this pid exists and is not a zombie (an exited
+/// process its parent has not reaped yet, as a daemonized postmaster is
+/// until init reaps it). Uses `/proc` when mounted, else `kill(pid, 0)`
+/// (EPERM counts as existing).
 pub fn process_alive(pid: i32) -> bool {
     if pid <= 0 {
         return false;
+    }
+    if Path::new("/proc/self/stat").exists() {
+        return match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // "pid (comm) S ...": the state follows the last ')'.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X"),
+            Err(_) => false,
+        };
     }
     // SAFETY: signal 0 only checks for existence and permission.
     let r = unsafe { libc::kill(pid, 0) };
@@ -704,6 +716,11 @@ mod tests {
         let port = pg.port();
         drop(pg);
         assert!(!root.exists(), "temp dir {} left behind", root.display());
+        // pg_ctl returns once the pid file is gone; the process exits just after.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while process_alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert!(!process_alive(pid), "postmaster {pid} still runs");
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     }

@@ -8,8 +8,9 @@
 //! installed.
 //!
 //! Stdout carries only the banner, one `key: value` per line so scripts and
-//! tests can read it (`token (alice): …`, `tcp: …`, `temp dir: …`); logs go
-//! to stderr.
+//! tests can read it (`token (alice): …`, `tcp: …`, `temp dir: …`), then the
+//! `pgsat tail` command to paste, alone on an indented line; logs go to
+//! stderr.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -222,12 +223,12 @@ impl Banner {
         if let Some((_, token)) = self.tokens.first() {
             out.push_str("\nTry, in another terminal:\n");
             out.push_str(&format!(
-                "tail: {} tail --url tcp://{tcp} --token {token}\n",
+                "  {} tail --url tcp://{tcp} --token {token}\n",
                 self.exe
             ));
             if self.exe.contains("/target/debug/") || self.exe.contains("/target/release/") {
                 out.push_str(&format!(
-                    "(from the source tree: cargo run -- tail --url tcp://{tcp} --token {token})\n"
+                    "or, from the source tree:\n  cargo run -- tail --url tcp://{tcp} --token {token}\n"
                 ));
             }
         }

@@ -8,9 +8,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
-    let _ = args;
-    // `pgsat dev` lands with the devops branch (embedded Postgres).
-    anyhow::bail!("`pgsat dev` is not available in this build yet")
+    crate::cli::dev::run(args).await
 }
 
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {

@@ -625,8 +625,9 @@ fn postgres_ids() -> Result<(u32, u32), DevPgError> {
 
 /// A port nobody listens on right now (the OS picks it).
 pub fn free_port() -> Result<u16, DevPgError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(DevPgError::io("cannot bind 127.0.0.1:0 to find a free port"))?;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(DevPgError::io(
+        "cannot bind 127.0.0.1:0 to find a free port",
+    ))?;
     l.local_addr()
         .map(|a| a.port())
         .map_err(DevPgError::io("local_addr of a bound socket"))

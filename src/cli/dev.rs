@@ -211,7 +211,9 @@ impl Banner {
         let ws = reachable(addrs.ws);
         let http = reachable(addrs.http);
         let mut out = String::new();
-        out.push_str("pgsat dev is ready (AUTH_MODE=insecure: tokens are not verified; local use only)\n");
+        out.push_str(
+            "pgsat dev is ready (AUTH_MODE=insecure: tokens are not verified; local use only)\n",
+        );
         out.push_str(&format!("postgres: {}\n", self.pg_url));
         out.push_str(&format!("temp dir: {}\n", self.root));
         out.push_str(&format!("tcp: tcp://{tcp}\n"));

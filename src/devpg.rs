@@ -38,7 +38,10 @@ pub enum DevPgError {
     )]
     NotFound,
     /// `$PGSAT_PG_BIN` is set but lacks a program.
-    #[error("PGSAT_PG_BIN={0} does not hold initdb, pg_ctl and postgres")]
+    #[error(
+        "PGSAT_PG_BIN={0} does not hold initdb, pg_ctl and postgres (unset it to search PATH \
+         and /usr/lib/postgresql/*/bin; Debian/Ubuntu: `apt-get install -y postgresql`)"
+    )]
     BadBinDir(PathBuf),
     /// Running as root without a `postgres` OS user to run the server as.
     #[error(

@@ -136,6 +136,7 @@ impl Replicator {
                     };
                     match msg {
                         ReplMessage::XLogData { wal_end, data, .. } => {
+                            tracing::trace!(wal_end = %Lsn(wal_end), tag = data.first().copied().unwrap_or(0) as char as u32, "xlogdata");
                             received = received.max(wal_end);
                             Metrics::set_u64(&self.metrics.replication_received_lsn, received);
                             let decoded = pgoutput::decode(&data).map_err(|e| {
@@ -166,6 +167,7 @@ impl Replicator {
                             }
                         }
                         ReplMessage::Keepalive { wal_end, reply_requested, .. } => {
+                            tracing::trace!(wal_end = %Lsn(wal_end), reply_requested, "keepalive");
                             received = received.max(wal_end);
                             if !assembler.in_transaction() && self.log.durable_lsn() == self.log.end_lsn() {
                                 idle_end = idle_end.max(wal_end);
@@ -233,6 +235,7 @@ impl Replicator {
                         .log
                         .append_txn((**txn).clone())
                         .map_err(|e| RunError::Fatal(e.to_string()))?;
+                    tracing::trace!(lsn = %Lsn(txn.commit_lsn), appended, "transaction");
                     if !appended {
                         tracing::debug!(lsn = %Lsn(txn.commit_lsn), "skipped a transaction the log already has");
                     }

@@ -135,6 +135,7 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
 async fn postgres_restart_mid_stream_is_bridged() {
     let (pg, _dir, p) = setup(&[]).await;
     let db = pg.client().await;
+    let from = wal_lsn(&db).await;
     for b in 0..20 {
         db.batch_execute(&format!("INSERT INTO events (batch) VALUES ({b})"))
             .await
@@ -149,7 +150,7 @@ async fn postgres_restart_mid_stream_is_bridged() {
             .await
             .expect("write");
     }
-    let got = collect(&p, 1, 40).await;
+    let got = collect(&p, from, 40).await;
     assert_eq!(
         got.iter().map(batch_of).collect::<Vec<_>>(),
         (0..40).collect::<Vec<i64>>()
@@ -287,10 +288,17 @@ async fn sigterm_sends_shutting_down_after_whole_transactions_and_exits_zero() {
 async fn a_data_dir_of_another_database_is_refused_and_a_lost_one_reports_the_gap() {
     let (pg, dir, mut p) = setup(&[]).await;
     let db = pg.client().await;
+    let from = wal_lsn(&db).await;
     db.batch_execute("INSERT INTO events (batch) VALUES (1)")
         .await
         .expect("w");
-    let first = collect(&p, 1, 1).await;
+    let first = collect(&p, from, 1).await;
+    // The slot is confirmed past it (it is durable), then pgsat dies.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while slot_confirmed(&db).await < first[0].lsn {
+        assert!(Instant::now() < deadline, "slot not confirmed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     p.kill();
 
     // Another cluster, same DATA_DIR and slot name: refused with a clear error.

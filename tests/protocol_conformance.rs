@@ -234,12 +234,17 @@ async fn session_step2_replication_and_exact_resume() {
     c.send(3, &pb::StartReplicationReq::default()).await;
     expect_error(&mut c, pb::ErrorCode::ReplicationAlreadyStarted).await;
 
+    // Two transactions (one simple-query batch would be one implicit transaction).
     db.batch_execute(
-        "INSERT INTO todos (owner, title, done) VALUES ('alice', 'one', false), ('bob', NULL, true);
-         BEGIN; UPDATE todos SET done = true WHERE title = 'one'; DELETE FROM todos WHERE owner = 'bob'; COMMIT;",
+        "INSERT INTO todos (owner, title, done) VALUES ('alice', 'one', false), ('bob', NULL, true)",
     )
     .await
-    .expect("writes");
+    .expect("insert");
+    db.batch_execute(
+        "BEGIN; UPDATE todos SET done = true WHERE title = 'one'; DELETE FROM todos WHERE owner = 'bob'; COMMIT;",
+    )
+    .await
+    .expect("update and delete");
     let mut r = TxnReader::default();
     let txns = read_txns(&mut c, &mut r, 2).await;
     assert!(
@@ -483,10 +488,11 @@ async fn behind_window_when_the_log_no_longer_holds_the_position() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_closed_while_others_keep_receiving() {
-    let (pg, _dir, p) = setup(&[("CLIENT_MAX_LAG_BYTES", "512KiB")]).await;
+    // Transactions are ~320 KB: readers get a few transactions of headroom.
+    let (pg, _dir, p) = setup(&[("CLIENT_MAX_LAG_BYTES", "2MiB")]).await;
     let db = pg.client().await;
     // The stuck client: authenticates, starts, never reads again.
-    let mut stuck = RawClient::connect(p.tcp).await;
+    let mut stuck = RawClient::connect_small_buffer(p.tcp).await;
     stuck.auth(&insecure_token("alice", 3600)).await;
     stuck.start(0).await;
     let mut readers = Vec::new();
@@ -496,10 +502,10 @@ async fn slow_consumer_is_closed_while_others_keep_receiving() {
         c.start(0).await;
         readers.push(tokio::spawn(async move {
             let mut r = TxnReader::default();
-            read_txns(&mut c, &mut r, 60).await.len()
+            read_txns(&mut c, &mut r, 100).await.len()
         }));
     }
-    for _ in 0..60 {
+    for _ in 0..100 {
         db.batch_execute(
             "INSERT INTO todos (owner, title) SELECT 'bob', repeat(md5(g::text), 100) FROM generate_series(1, 100) g",
         )
@@ -507,7 +513,7 @@ async fn slow_consumer_is_closed_while_others_keep_receiving() {
         .expect("write");
     }
     for r in readers {
-        assert_eq!(r.await.expect("reader"), 60, "every reader got everything");
+        assert_eq!(r.await.expect("reader"), 100, "every reader got everything");
     }
     // Now drain the stuck client: somewhere in its stream is SLOW_CONSUMER, then close.
     let mut saw = false;

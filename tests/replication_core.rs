@@ -33,6 +33,20 @@ async fn setup(schema: &str, extra: &[(&str, &str)]) -> (PgServer, tempfile::Tem
     (pg, dir, p)
 }
 
+/// Runs each statement as its own transaction (a multi-statement simple
+/// query would be one implicit transaction).
+async fn each(db: &tokio_postgres::Client, statements: &str) {
+    for stmt in statements
+        .split(";\n")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        db.batch_execute(stmt)
+            .await
+            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
+    }
+}
+
 async fn client(p: &Pgsat, from: u64) -> RawClient {
     let mut c = RawClient::connect(p.tcp).await;
     c.auth(&insecure_token("alice", 3600)).await;
@@ -147,16 +161,23 @@ async fn replica_identities_and_primary_key_change() {
     let (pg, _dir, p) = setup(schema, &[]).await;
     let db = pg.client().await;
     let mut c = client(&p, 0).await;
-    db.batch_execute(
-        "INSERT INTO r_default VALUES (1, 'a'); INSERT INTO r_full VALUES (1, 'a');
-         INSERT INTO r_index VALUES (1, 10, 'a'); INSERT INTO r_nothing VALUES (1, 'a');
-         UPDATE r_default SET v = 'b'; UPDATE r_full SET v = 'b'; UPDATE r_index SET v = 'b';
+    each(
+        &db,
+        "INSERT INTO r_default VALUES (1, 'a');
+         INSERT INTO r_full VALUES (1, 'a');
+         INSERT INTO r_index VALUES (1, 10, 'a');
+         INSERT INTO r_nothing VALUES (1, 'a');
+         UPDATE r_default SET v = 'b';
+         UPDATE r_full SET v = 'b';
+         UPDATE r_index SET v = 'b';
          UPDATE r_default SET id = 2;
-         DELETE FROM r_default; DELETE FROM r_full; DELETE FROM r_index;
-         TRUNCATE r_nothing, r_full;",
+         DELETE FROM r_default;
+         DELETE FROM r_full;
+         DELETE FROM r_index;
+         TRUNCATE r_nothing, r_full;
+         INSERT INTO r_default VALUES (9, 'end')",
     )
-    .await
-    .expect("writes");
+    .await;
     let mut r = TxnReader::default();
     let txns = read_txns(&mut c, &mut r, 13).await;
     let rel_id = |t: &str| {
@@ -249,12 +270,16 @@ async fn unchanged_toast_is_marked_or_filled_by_replica_identity() {
     let mut c = client(&p, 0).await;
     // ~128 KB of incompressible text: stored out of line (TOAST).
     let big = "(SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 4000))";
-    db.batch_execute(&format!(
-        "INSERT INTO big_default VALUES (1, 0, {big}); INSERT INTO big_full VALUES (1, 0, {big});
-         UPDATE big_default SET n = 1; UPDATE big_full SET n = 1;"
-    ))
-    .await
-    .expect("writes");
+    each(
+        &db,
+        &format!(
+            "INSERT INTO big_default VALUES (1, 0, {big});
+             INSERT INTO big_full VALUES (1, 0, {big});
+             UPDATE big_default SET n = 1;
+             UPDATE big_full SET n = 1"
+        ),
+    )
+    .await;
     let mut r = TxnReader::default();
     let txns = read_txns(&mut c, &mut r, 4).await;
     let doc_full: String = db
@@ -394,15 +419,15 @@ async fn ddl_mid_stream_sends_new_relation_and_resume_gets_the_old_one_first() {
     .await;
     let db = pg.client().await;
     let mut c = client(&p, 0).await;
-    db.batch_execute(
+    each(
+        &db,
         "INSERT INTO evolving VALUES (1, 'a1', 'b1');
          ALTER TABLE evolving ADD COLUMN c int;
          INSERT INTO evolving VALUES (2, 'a2', 'b2', 2);
          ALTER TABLE evolving DROP COLUMN a;
-         INSERT INTO evolving VALUES (3, 'b3', 3);",
+         INSERT INTO evolving VALUES (3, 'b3', 3)",
     )
-    .await
-    .expect("ddl");
+    .await;
     let mut r = TxnReader::default();
     let mut rels: Vec<Vec<String>> = Vec::new();
     let mut txns = Vec::new();

@@ -220,6 +220,18 @@ impl RawClient {
         }
     }
 
+    /// A client with a tiny socket receive buffer: one that stops reading
+    /// blocks the server's writes early, whatever the kernel's autotuning.
+    pub async fn connect_small_buffer(addr: SocketAddr) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = socket.connect(addr).await.expect("connect");
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
     pub async fn send(&mut self, ty: u8, msg: &impl Message) {
         let body = msg.encode_to_vec();
         self.send_raw(ty, &body).await;

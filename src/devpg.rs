@@ -469,6 +469,11 @@ impl DevPg {
     /// Runs SQL through `psql` over the unix socket (when `psql` sits beside
     /// the server binaries); returns its unaligned, tuples-only output.
     pub fn psql(&self, sql: &str) -> Result<String, DevPgError> {
+        self.psql_in("postgres", sql)
+    }
+
+    /// Same as [`psql`](Self::psql), in database `db`.
+    pub fn psql_in(&self, db: &str, sql: &str) -> Result<String, DevPgError> {
         let out = Command::new(self.bin_dir.join("psql"))
             .current_dir(&self.root)
             .env_remove("PGPASSWORD")
@@ -477,7 +482,7 @@ impl DevPg {
             .arg(&self.root)
             .arg("-p")
             .arg(self.port.to_string())
-            .args(["-U", "postgres", "-d", "postgres", "-X", "-q", "-A", "-t"])
+            .args(["-U", "postgres", "-d", db, "-X", "-q", "-A", "-t"])
             .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
             .stdin(Stdio::null())
             .output()

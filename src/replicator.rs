@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::ingest::{Step, TxnAssembler, UsersTable};
+use crate::ingest::{IngestError, Step, TxnAssembler, UsersTable};
 use crate::log::Log;
 use crate::metrics::Metrics;
-use crate::pg::catalog::PgCatalog;
+use crate::pg::catalog::{CatalogError, PgCatalog};
 use crate::pg::conn::{ConnParams, ReplicationConn};
 use crate::pg::lsn::Lsn;
 use crate::pg::pgoutput;
@@ -143,10 +143,7 @@ impl Replicator {
                                 self.metrics.replication_decode_errors.inc();
                                 RunError::Fatal(format!("undecodable pgoutput message: {e}"))
                             })?;
-                            let step = assembler
-                                .push(decoded)
-                                .await
-                                .map_err(|e| RunError::Fatal(e.to_string()))?;
+                            let step = assembler.push(decoded).await.map_err(ingest_error)?;
                             let committed = matches!(step, Step::Committed(_));
                             self.apply(step)?;
                             if committed {
@@ -288,6 +285,19 @@ impl RunError {
             RunError::Transient(_) => true,
             RunError::Fatal(_) => false,
         }
+    }
+}
+
+/// A catalog lookup that failed because the SQL connection broke (Postgres
+/// restarting) is transient: a reconnect re-reads from the slot and loses
+/// nothing. Anything else in the stream is a real inconsistency: stop.
+fn ingest_error(e: IngestError) -> RunError {
+    match e {
+        IngestError::Catalog(CatalogError::Query { source, .. }) => match PgError::from(source) {
+            pg if pg.is_transient() => RunError::Pg(pg),
+            pg => RunError::Fatal(format!("catalog lookup failed: {pg}")),
+        },
+        other => RunError::Fatal(other.to_string()),
     }
 }
 

@@ -212,12 +212,16 @@ pub struct RawClient {
 
 impl RawClient {
     pub async fn connect(addr: SocketAddr) -> RawClient {
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        Self::try_connect(addr).await.expect("connect")
+    }
+
+    pub async fn try_connect(addr: SocketAddr) -> std::io::Result<RawClient> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true).ok();
-        RawClient {
+        Ok(RawClient {
             stream,
             buf: BytesMut::new(),
-        }
+        })
     }
 
     /// A client with a tiny socket receive buffer: one that stops reading

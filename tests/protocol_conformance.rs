@@ -41,6 +41,14 @@ async fn expect_error(c: &mut RawClient, code: pb::ErrorCode) -> pb::ErrorResp {
     e
 }
 
+/// The value of an unlabelled sample in a Prometheus text exposition.
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Reads frames until `n` whole transactions arrived.
 async fn read_txns(c: &mut RawClient, r: &mut TxnReader, n: usize) -> Vec<support::pgsat::Txn> {
     let mut out = Vec::new();
@@ -471,7 +479,21 @@ async fn behind_window_when_the_log_no_longer_holds_the_position() {
         .await
         .expect("more");
     }
-    read_txns(&mut c, &mut r, 40).await;
+    // Retention has moved past `first` once the oldest retained commit is
+    // later than it. (The reading client is dropped: with a 64 KiB window a
+    // reader slower than the writer is itself behind the window.)
+    drop(c);
+    let first_lsn = first[0].lsn;
+    // All 41 transactions in the log, the window holding far fewer: the one
+    // after `first` is gone too.
+    let moved = support::wait_until(T, || async {
+        let m = p.metrics();
+        metric_value(&m, "pgsat_replication_transactions_total") >= 41.0
+            && metric_value(&m, "pgsat_window_oldest_lsn") > first_lsn as f64
+            && metric_value(&m, "pgsat_window_transactions") < 30.0
+    })
+    .await;
+    assert!(moved, "retention never moved past the first transaction");
     let mut late = RawClient::connect(p.tcp).await;
     late.auth(&insecure_token("bob", 3600)).await;
     late.send(
@@ -495,22 +517,47 @@ async fn slow_consumer_is_closed_while_others_keep_receiving() {
     let mut stuck = RawClient::connect_small_buffer(p.tcp).await;
     stuck.auth(&insecure_token("alice", 3600)).await;
     stuck.start(0).await;
+    // Ten readers, each reporting how many transactions it has; the writer
+    // keeps at most a few transactions (~1 MB, under the 2 MiB limit) ahead
+    // of the slowest one, so they stay live however loaded the machine is.
     let mut readers = Vec::new();
+    let mut progress = Vec::new();
     for _ in 0..10 {
         let mut c = RawClient::connect(p.tcp).await;
         c.auth(&insecure_token("bob", 3600)).await;
         c.start(0).await;
+        let (tx, rx) = tokio::sync::watch::channel(0usize);
+        progress.push(rx);
         readers.push(tokio::spawn(async move {
             let mut r = TxnReader::default();
-            read_txns(&mut c, &mut r, 100).await.len()
+            let mut n = 0;
+            while n < 100 {
+                let f = c.recv_timeout(T).await.expect("stream frame");
+                assert!(
+                    f.ty == 9 || f.ty == 10,
+                    "unexpected frame {} {:?}",
+                    f.ty,
+                    f.error()
+                );
+                n += r.feed(&f).len();
+                tx.send_replace(n);
+            }
+            n
         }));
     }
-    for _ in 0..100 {
+    for i in 0..100usize {
         db.batch_execute(
             "INSERT INTO todos (owner, title) SELECT 'bob', repeat(md5(g::text), 100) FROM generate_series(1, 100) g",
         )
         .await
         .expect("write");
+        for rx in &mut progress {
+            let want = (i + 1).saturating_sub(3);
+            tokio::time::timeout(T, rx.wait_for(|n| *n >= want))
+                .await
+                .expect("a reader kept up")
+                .expect("reader alive");
+        }
     }
     for r in readers {
         assert_eq!(r.await.expect("reader"), 100, "every reader got everything");

@@ -175,7 +175,7 @@ impl Session {
                 Ok(registration)
             }
             Err(e) => {
-                self.ctx.metrics.auth_attempt(auth_result(e.code()));
+                self.ctx.metrics.auth_attempt(AuthResult::of_error(&e));
                 tracing::info!(peer = %self.peer, check = e.metric_label(), "authentication failed");
                 Err(self.fail(e.code(), e.message()))
             }
@@ -314,13 +314,14 @@ impl Session {
         let principal = match self.ctx.auth.authenticate(&req.token).await {
             Ok(p) => p,
             Err(e) => {
-                self.ctx.metrics.auth_attempt(auth_result(e.code()));
+                self.ctx.metrics.auth_attempt(AuthResult::of_error(&e));
+                tracing::info!(peer = %self.peer, user_id = self.user_id(), check = e.metric_label(), "token refresh failed");
                 self.fail(e.code(), format!("token refresh failed: {}", e.message()));
                 return;
             }
         };
-        self.ctx.metrics.auth_attempt(AuthResult::Ok);
         if principal.user_id != self.user_id() {
+            // One attempt, one outcome: not also counted as `ok`.
             self.ctx.metrics.auth_attempt(AuthResult::PrincipalChanged);
             self.fail(
                 ErrorCode::PrincipalChanged,
@@ -328,6 +329,7 @@ impl Session {
             );
             return;
         }
+        self.ctx.metrics.auth_attempt(AuthResult::Ok);
         if self.paused_until.take().is_some() {
             let state = if self.stream.is_some() {
                 SessionState::Streaming
@@ -494,15 +496,5 @@ fn close_label(reason: CloseReason) -> &'static str {
     match reason {
         CloseReason::ClientClosed => "client_closed",
         CloseReason::Error(code) => code.as_str_name(),
-    }
-}
-
-fn auth_result(code: ErrorCode) -> AuthResult {
-    match code {
-        ErrorCode::TokenExpired => AuthResult::TokenExpired,
-        ErrorCode::UserNotFound => AuthResult::UserNotFound,
-        ErrorCode::PrincipalChanged => AuthResult::PrincipalChanged,
-        ErrorCode::Internal => AuthResult::Internal,
-        _ => AuthResult::Failed,
     }
 }

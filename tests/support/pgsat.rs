@@ -236,6 +236,11 @@ impl RawClient {
         }
     }
 
+    /// This end's address (the `peer` the server sees).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local addr")
+    }
+
     pub async fn send(&mut self, ty: u8, msg: &impl Message) {
         let body = msg.encode_to_vec();
         self.send_raw(ty, &body).await;

@@ -10,7 +10,7 @@
 //! | `pgsat_replication_connected` | gauge | 1 while the replication stream from Postgres is up |
 //! | `pgsat_replication_received_lsn` | gauge | end LSN of the last WAL data received (as a number) |
 //! | `pgsat_replication_confirmed_lsn` | gauge | LSN confirmed (flushed) to the slot |
-//! | `pgsat_replication_lag_bytes` | gauge | bytes between the server's current WAL position and the received LSN |
+//! | `pgsat_replication_lag_bytes` | gauge | bytes between the server's current WAL position and the LSN durably written to the log |
 //! | `pgsat_replication_slot_retained_wal_bytes` | gauge | WAL the slot holds back on the server (current WAL − slot restart_lsn) |
 //! | `pgsat_replication_transactions_total` | counter | committed transactions received |
 //! | `pgsat_replication_changes_total{op}` | counter | row changes received, `op` = insert/update/delete/truncate |
@@ -390,7 +390,7 @@ impl Metrics {
             )?,
             replication_lag_bytes: gauge(
                 "pgsat_replication_lag_bytes",
-                "Bytes between the server's current WAL position and the received LSN.",
+                "Bytes between the server's current WAL position and the LSN durably written to the log.",
             )?,
             replication_slot_retained_wal_bytes: gauge(
                 "pgsat_replication_slot_retained_wal_bytes",

@@ -618,3 +618,45 @@ async fn json_logs_one_line_per_session_and_never_a_token() {
         "alice's peer address {alice_peer} not logged"
     );
 }
+
+/// The README's configuration table lists every variable pgsat reads, its
+/// metrics table exactly the exported families, and the alerts it names
+/// exist in deploy/prometheus/alerts.yml.
+#[test]
+fn readme_tables_match_the_code() {
+    let readme = include_str!("../README.md");
+    let rows: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `")).collect();
+    for var in pgsat::config::known_variables() {
+        assert!(
+            rows.iter().any(|r| r
+                .split('|')
+                .nth(1)
+                .is_some_and(|c| c.contains(&format!("`{var}`")))),
+            "README configuration table lacks {var}"
+        );
+    }
+    let text = pgsat::metrics::Metrics::new().expect("metrics").encode();
+    let exported: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_string)
+        .collect();
+    let documented: std::collections::BTreeSet<String> = rows
+        .iter()
+        .filter_map(|r| r.strip_prefix("| `pgsat_"))
+        .filter_map(|r| r.split(['`', '{']).next())
+        .map(|n| format!("pgsat_{n}"))
+        .collect();
+    assert_eq!(documented, exported, "README metrics table vs /metrics");
+    let alerts = include_str!("../deploy/prometheus/alerts.yml");
+    for name in readme
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("- alert: "))
+    {
+        assert!(
+            alerts.contains(&format!("alert: {name}")),
+            "README alert {name} is not in alerts.yml"
+        );
+    }
+}

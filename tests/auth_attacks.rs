@@ -163,6 +163,8 @@ enum Expect {
     Failed(&'static str),
     Expired,
     NotFound,
+    /// INTERNAL: the check could not be made.
+    Internal,
 }
 
 // ------------------------------------------------------------------ server
@@ -257,6 +259,7 @@ impl Server {
                     Expect::NotFound => {
                         (ErrorCode::UserNotFound, "user_not_found", "user_not_found")
                     }
+                    Expect::Internal => (ErrorCode::Internal, "internal", "internal"),
                 };
                 assert_eq!(
                     e.code, code as i32,
@@ -985,8 +988,28 @@ async fn run_main_table(mode: Mode) {
         };
         s.case(&case, &token, want).await;
     }
+    // A database error during the users lookup is INTERNAL, never
+    // USER_NOT_FOUND, and is logged; the lookup recovers with the table.
+    pg.execute("ALTER TABLE users RENAME TO users_gone");
+    for i in 0..4 {
+        // every connection of the lookup pool
+        let t = sign(&base_claims(json!("alice")));
+        s.case(&format!("users table gone {i}"), &t, Expect::Internal)
+            .await;
+    }
+    pg.execute("ALTER TABLE users_gone RENAME TO users");
+    s.case(
+        "users table back",
+        &sign(&base_claims(json!("alice"))),
+        Expect::Ok("alice"),
+    )
+    .await;
     s.check_metrics();
     let out = s.p.output();
+    assert!(
+        out.contains("users lookup failed"),
+        "the lookup error is not logged:\n{out}"
+    );
     assert!(!out.contains(SECRET), "the log shows AUTH_JWT_KEY");
     if mode == Mode::Insecure {
         assert!(

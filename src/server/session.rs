@@ -197,13 +197,18 @@ impl Session {
         self.principal = Some(principal);
     }
 
+    /// Arms the expiry timer: the token expires for the session when it
+    /// would be refused as expired, i.e. at `exp` + `AUTH_JWT_LEEWAY` (a
+    /// token accepted within the leeway is not paused at once).
     fn set_expiry(&mut self, expires_at_micros: Option<i64>) {
+        let leeway = self.ctx.config.auth.leeway.as_micros() as i64;
         self.expiry = expires_at_micros.map(|at| {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_micros() as i64)
                 .unwrap_or(0);
-            let left = Duration::from_micros(at.saturating_sub(now).max(0) as u64);
+            let left =
+                Duration::from_micros(at.saturating_add(leeway).saturating_sub(now).max(0) as u64);
             Box::pin(tokio::time::sleep(left))
         });
     }

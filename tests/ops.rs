@@ -30,15 +30,7 @@ const SCHEMA: &str = "
 ";
 
 async fn start_pg() -> PgServer {
-    let pg = tokio::task::spawn_blocking(PgServer::start)
-        .await
-        .expect("pg");
-    pg.client()
-        .await
-        .batch_execute(SCHEMA)
-        .await
-        .expect("schema");
-    pg
+    support::pg_with_schema(SCHEMA).await
 }
 
 /// Every sample of `/metrics`, keyed `name{k="v",…}` (labels sorted), after

@@ -315,6 +315,26 @@ impl RawClient {
         pb::AuthResp::decode(f.body).expect("AuthResp")
     }
 
+    /// Reads frames until `n` whole transactions arrived; every frame must be
+    /// a Relation or an OpLog, each within 10 s.
+    pub async fn read_txns(&mut self, r: &mut TxnReader, n: usize) -> Vec<Txn> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let f = self
+                .recv_timeout(Duration::from_secs(10))
+                .await
+                .expect("stream frame");
+            assert!(
+                f.ty == 9 || f.ty == 10,
+                "unexpected frame {} {:?}",
+                f.ty,
+                f.error()
+            );
+            out.extend(r.feed(&f));
+        }
+        out
+    }
+
     pub async fn start(&mut self, lsn: u64) -> pb::StartReplicationResp {
         self.send(
             3,

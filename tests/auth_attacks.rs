@@ -1834,6 +1834,48 @@ async fn run_refresh(mode: Mode) {
         "TOKEN_EXPIRED at expiry and at the end of the grace"
     );
 
+    // 4b. Expired before starting: StartReplicationReq is answered, the
+    //    session stays paused (no stream, counted as paused) until a
+    //    refresh, after which it streams.
+    let paused_gauge = |p: &Pgsat| metric(p, "pgsat_sessions{state=\"paused\"}");
+    let mut c4 = RawClient::connect(p_tcp).await;
+    c4.auth(&tok("bob", now() + 3)).await;
+    s.tell("ok", "ok");
+    let e = c4.recv_timeout(T).await.expect("TOKEN_EXPIRED");
+    assert_eq!(
+        e.error().map(|e| e.code),
+        Some(ErrorCode::TokenExpired as i32)
+    );
+    assert!(wait_until(T, || async { paused_gauge(&s.p) == 1.0 }).await);
+    c4.start(0).await;
+    assert_eq!(
+        paused_gauge(&s.p),
+        1.0,
+        "a paused session counted as streaming"
+    );
+    c4.send(
+        1,
+        &pb::AuthReq {
+            id: "b".into(),
+            token: tok("bob", now() + 3600),
+        },
+    )
+    .await;
+    assert_eq!(c4.recv_timeout(T).await.expect("AuthResp").ty, 2);
+    s.tell("ok", "ok");
+    assert_eq!(paused_gauge(&s.p), 0.0);
+    insert(&db, "bob", "c4").await;
+    let mut r4 = TxnReader::default();
+    assert_eq!(title(&c4.read_txns(&mut r4, 1).await[0]), "c4");
+    let streaming_before = metric(&s.p, "pgsat_sessions{state=\"streaming\"}");
+    drop(c4);
+    assert!(
+        wait_until(T, || async {
+            metric(&s.p, "pgsat_sessions{state=\"streaming\"}") == streaming_before - 1.0
+        })
+        .await
+    );
+
     // 5. The user's row is deleted: every session of that user (streaming,
     //    paused or not started, and c1 and c3 from above) gets USER_DELETED
     //    and is closed; another user's session goes on.
@@ -1878,15 +1920,15 @@ async fn run_refresh(mode: Mode) {
         );
     }
     insert(&db, "bob", "after delete").await;
-    // The witness (bob) gets p3, the users-row delete and this insert.
-    let w = witness.read_txns(&mut wr, 3).await;
-    assert_eq!(title(&w[0]), "p3");
+    // The witness (bob) gets p3, c4, the users-row delete and this insert.
+    let w = witness.read_txns(&mut wr, 4).await;
+    assert_eq!((title(&w[0]), title(&w[1])), ("p3".into(), "c4".into()));
     assert!(
-        matches!(&w[1].ops[..], [pb::trans_op::Op::Delete(_)]),
+        matches!(&w[2].ops[..], [pb::trans_op::Op::Delete(_)]),
         "{:?}",
-        w[1]
+        w[2]
     );
-    assert_eq!(title(&w[2]), "after delete");
+    assert_eq!(title(&w[3]), "after delete");
     s.case(
         "deleted user",
         &tok("alice", now() + 3600),

@@ -292,7 +292,7 @@ impl Session {
             ClientMessage::StartReplication(req) => self.on_start(req),
             ClientMessage::StopReplication => {
                 if self.stream.take().is_some() {
-                    self.set_state(Some(SessionState::Authenticating));
+                    self.set_state_unless_paused(SessionState::Authenticating);
                     self.push(MsgType::StopReplicationResp, &pb::StopReplicationResp {});
                 } else {
                     self.push_error(
@@ -371,7 +371,7 @@ impl Session {
                     in_force: HashMap::new(),
                     live: false,
                 });
-                self.set_state(Some(SessionState::Streaming));
+                self.set_state_unless_paused(SessionState::Streaming);
                 self.push(
                     MsgType::StartReplicationResp,
                     &pb::StartReplicationResp {
@@ -440,6 +440,14 @@ impl Session {
                 ErrorCode::SlowConsumer,
                 format!("client fell {lag} bytes behind (CLIENT_MAX_LAG_BYTES = {max}); reconnect and resume from your last Commit.lsn"),
             );
+        }
+    }
+
+    /// A paused session stays `paused` (in `pgsat_sessions{state}`) whatever
+    /// it starts or stops until a refresh resumes it.
+    fn set_state_unless_paused(&mut self, to: SessionState) {
+        if self.paused_until.is_none() {
+            self.set_state(Some(to));
         }
     }
 

@@ -1951,3 +1951,83 @@ async fn refresh_expiry_and_deletion_secure_mode() {
 async fn refresh_expiry_and_deletion_insecure_mode() {
     run_refresh(Mode::Insecure).await;
 }
+
+/// JWKS endpoint down when pgsat starts: it starts anyway (ready), refuses
+/// tokens with INTERNAL (the check cannot be made; not AUTH_FAILED), retries
+/// every 5 s, and accepts once the endpoint answers. With AUTH_JWT_ALG set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_down_at_start_is_internal_until_the_first_fetch() {
+    let pg = start_pg().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let k1 = rsa_key(1);
+    let jwks = JwksServer::start(json!([jwk(&k1, "k1")])).await;
+    jwks.set_down();
+    let p = Pgsat::start(
+        &pg,
+        root.path(),
+        &[
+            ("AUTH_MODE", "secure"),
+            ("AUTH_JWT_ALG", "RS256"),
+            ("AUTH_JWT_JWKS_URL", &jwks.url),
+        ],
+    );
+    assert!(!jwks.hits().is_empty(), "no fetch at start");
+    let token = kid_token("k1", &k1);
+    let e = attempt(p.tcp, 0, &token, "JWKS never fetched")
+        .await
+        .expect_err("refused while no key set was ever fetched");
+    assert_eq!(e.code, ErrorCode::Internal as i32, "{}", e.message);
+    assert!(e.message.contains("JWKS"), "{}", e.message);
+    let wrong = jwt(
+        &json!({"alg": "HS256", "kid": "k1"}),
+        &json!({"user_id": "alice", "exp": now() + 60}),
+        Some((Algorithm::HS256, &hs("x"))),
+    );
+    let e = attempt(p.tcp, 0, &wrong, "wrong alg, no key set")
+        .await
+        .expect_err("wrong alg");
+    assert_eq!(
+        e.code,
+        ErrorCode::AuthFailed as i32,
+        "the header is checked first"
+    );
+
+    jwks.set_keys(json!([jwk(&k1, "k1")]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut c = RawClient::connect(p.tcp).await;
+        c.send(
+            1,
+            &pb::AuthReq {
+                id: "j".into(),
+                token: token.clone(),
+            },
+        )
+        .await;
+        let f = c.recv_timeout(T).await.expect("answer");
+        if f.ty == 2 {
+            break;
+        }
+        let e = f.error().expect("ErrorResp");
+        assert_eq!(e.code, ErrorCode::Internal as i32, "{}", e.message);
+        assert!(
+            Instant::now() < deadline,
+            "still refused 30 s after the endpoint came back"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Retries while empty are at least 5 s apart.
+    let hits = jwks.hits();
+    for w in hits.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(4_900),
+            "{:?}",
+            w[1] - w[0]
+        );
+    }
+    let m = p.metrics();
+    assert!(
+        m.contains("pgsat_auth_attempts_total{reason=\"internal\",result=\"internal\"}"),
+        "{m}"
+    );
+}

@@ -167,6 +167,40 @@ enum Expect {
     Internal,
 }
 
+/// `pgsat token ARGS…` (the binary): the token it prints.
+fn pgsat_token(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgsat"))
+        .arg("token")
+        .args(args)
+        .output()
+        .expect("run pgsat token");
+    assert!(
+        out.status.success(),
+        "pgsat token {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string()
+}
+
+/// The fixture file of the private key for `alg` (None for HMAC).
+fn private_key_file(alg: Algorithm) -> Option<String> {
+    use Algorithm::*;
+    let name = match alg {
+        HS256 | HS384 | HS512 => return None,
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => "rsa_private.pem",
+        ES256 => "ec256_private.pem",
+        ES384 => "ec384_private.pem",
+        EdDSA => "ed25519_private.pem",
+    };
+    Some(format!(
+        "{}/tests/fixtures/keys/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+}
+
 // ------------------------------------------------------------------ server
 
 /// One pgsat process, the position its seed transaction follows, and the
@@ -961,6 +995,24 @@ async fn run_main_table(mode: Mode) {
     };
     let mut s = Server::start(&pg, root.path(), name, &main_env(mode), &seed).await;
 
+    // `pgsat token` (the binary) with this server's namespace, iss and aud.
+    let mut args = vec!["--user-id", "alice", "--claim"];
+    let ns_claim = format!("{NS}={{\"user_id\":\"alice\"}}");
+    let iss_claim = format!("iss=\"{ISS}\"");
+    let aud_claim = format!("aud=\"{AUD}\"");
+    args.extend([
+        ns_claim.as_str(),
+        "--claim",
+        &iss_claim,
+        "--claim",
+        &aud_claim,
+    ]);
+    match mode {
+        Mode::Secure => args.extend(["--alg", "HS256", "--key", SECRET]),
+        Mode::Insecure => args.push("--insecure"),
+    }
+    s.case("pgsat token", &pgsat_token(&args), Expect::Ok("alice"))
+        .await;
     for (case, claims, want) in claim_cases() {
         s.case(case, &sign(&claims), want).await;
     }
@@ -1046,6 +1098,13 @@ async fn every_algorithm_end_to_end() {
         )
         .await;
         s.case("valid", &valid, Ok("alice")).await;
+        // `pgsat token` mints tokens this server accepts (key file or secret).
+        let key = private_key_file(alg).unwrap_or_else(|| SECRET.to_string());
+        let minted = pgsat_token(&["--user-id", "alice", "--alg", alg_name(alg), "--key", &key]);
+        s.case("pgsat token", &minted, Ok("alice")).await;
+        let unsigned = pgsat_token(&["--user-id", "alice", "--insecure"]);
+        s.case("pgsat token --insecure", &unsigned, Failed("alg"))
+            .await;
         let p: Vec<&str> = valid.split('.').collect();
         let bob = b64(json!({"user_id": "bob", "exp": n + 3600, "iat": n}).to_string());
         s.case(

@@ -151,6 +151,15 @@ impl ConfigError {
     }
 }
 
+/// A start-up failure caused by a configured value that is only found out
+/// when it is used (a users table or column that does not exist, a
+/// `DATA_DIR` that is a file or belongs to another database, an unusable
+/// key). `Display` is one line naming the variable; the binary exits with
+/// code 2 on it, as on a `ConfigError`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadSetting(pub String);
+
 /// Every environment variable pgsat reads (interface.md), in table order.
 pub fn known_variables() -> &'static [&'static str] {
     &[

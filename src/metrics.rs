@@ -10,7 +10,7 @@
 //! | `pgsat_replication_connected` | gauge | 1 while the replication stream from Postgres is up |
 //! | `pgsat_replication_received_lsn` | gauge | end LSN of the last WAL data received (as a number) |
 //! | `pgsat_replication_confirmed_lsn` | gauge | LSN confirmed (flushed) to the slot |
-//! | `pgsat_replication_lag_bytes` | gauge | bytes between the server's current WAL position and the received LSN |
+//! | `pgsat_replication_lag_bytes` | gauge | bytes between the server's current WAL position and the LSN durably written to the log |
 //! | `pgsat_replication_slot_retained_wal_bytes` | gauge | WAL the slot holds back on the server (current WAL − slot restart_lsn) |
 //! | `pgsat_replication_transactions_total` | counter | committed transactions received |
 //! | `pgsat_replication_changes_total{op}` | counter | row changes received, `op` = insert/update/delete/truncate |
@@ -26,7 +26,7 @@
 //! | `pgsat_sessions{state}` | gauge | open sessions, `state` = authenticating/streaming/paused |
 //! | `pgsat_sessions_opened_total` | counter | client connections accepted |
 //! | `pgsat_sessions_closed_total{reason}` | counter | sessions closed, `reason` = `client_closed` or the error code sent, lowercase (`slow_consumer`, `auth_failed`, `shutting_down`, …) |
-//! | `pgsat_auth_attempts_total{result}` | counter | AuthReq outcomes: `ok`, `auth_failed`, `token_expired`, `user_not_found`, `principal_changed`, `internal` |
+//! | `pgsat_auth_attempts_total{result,reason}` | counter | AuthReq outcomes (first and refresh): `result` = `ok`, `auth_failed`, `token_expired`, `user_not_found`, `principal_changed`, `internal`; `reason` = the failed check for `auth_failed` (`malformed`, `too_large`, `alg`, `header`, `kid`, `signature`, `exp`, `nbf`, `iat`, `iss`, `aud`, `user_id`), else the same as `result` |
 //! | `pgsat_sent_bytes_total` | counter | bytes written to client sockets |
 //! | `pgsat_sent_frames_total` | counter | frames written to client sockets |
 //! | `pgsat_session_lag_bytes` | histogram | per-session distance (bytes of WAL) between the newest transaction and what the session was sent, observed as it streams |
@@ -39,6 +39,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::auth::error::{AuthError, FAILED_CHECKS};
 use crate::protocol::pb::ErrorCode;
 
 pub mod exposition;
@@ -94,12 +95,13 @@ impl SessionState {
     }
 }
 
-/// Outcome of one `AuthReq`, for `pgsat_auth_attempts_total{result}`.
+/// Outcome of one `AuthReq`, for `pgsat_auth_attempts_total{result,reason}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthResult {
     Ok,
-    /// AUTH_FAILED: malformed, bad signature, wrong alg/iss/aud, bad user_id…
-    Failed,
+    /// AUTH_FAILED, with the check that failed (one of
+    /// [`crate::auth::error::FAILED_CHECKS`]: malformed, signature, alg, …).
+    Failed(&'static str),
     TokenExpired,
     UserNotFound,
     PrincipalChanged,
@@ -108,19 +110,24 @@ pub enum AuthResult {
 }
 
 impl AuthResult {
-    pub const ALL: [AuthResult; 6] = [
-        AuthResult::Ok,
-        AuthResult::Failed,
-        AuthResult::TokenExpired,
-        AuthResult::UserNotFound,
-        AuthResult::PrincipalChanged,
-        AuthResult::Internal,
-    ];
+    /// Every `(result, reason)` series, in a fixed order.
+    pub fn all() -> Vec<AuthResult> {
+        let mut v = vec![AuthResult::Ok];
+        v.extend(FAILED_CHECKS.iter().map(|c| AuthResult::Failed(c)));
+        v.extend([
+            AuthResult::TokenExpired,
+            AuthResult::UserNotFound,
+            AuthResult::PrincipalChanged,
+            AuthResult::Internal,
+        ]);
+        v
+    }
 
+    /// The `result` label: `ok` or the error code sent, lowercase.
     pub fn label(self) -> &'static str {
         match self {
             AuthResult::Ok => "ok",
-            AuthResult::Failed => "auth_failed",
+            AuthResult::Failed(_) => "auth_failed",
             AuthResult::TokenExpired => "token_expired",
             AuthResult::UserNotFound => "user_not_found",
             AuthResult::PrincipalChanged => "principal_changed",
@@ -128,8 +135,39 @@ impl AuthResult {
         }
     }
 
+    /// The `reason` label: the failed check for `auth_failed`, else the
+    /// same as `result`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthResult::Failed(check) => check,
+            other => other.label(),
+        }
+    }
+
+    /// The outcome an authentication error is counted as.
+    pub fn of_error(e: &AuthError) -> AuthResult {
+        match e {
+            AuthError::Failed { check, .. } => AuthResult::Failed(check),
+            AuthError::Expired => AuthResult::TokenExpired,
+            AuthError::UserNotFound => AuthResult::UserNotFound,
+            AuthError::Internal(_) => AuthResult::Internal,
+        }
+    }
+
+    /// Position in [`AuthResult::all`]; a check name outside
+    /// `FAILED_CHECKS` (a programming error) counts as `malformed`.
     fn index(self) -> usize {
-        self as usize
+        let n = FAILED_CHECKS.len();
+        match self {
+            AuthResult::Ok => 0,
+            AuthResult::Failed(check) => {
+                1 + FAILED_CHECKS.iter().position(|c| *c == check).unwrap_or(0)
+            }
+            AuthResult::TokenExpired => 1 + n,
+            AuthResult::UserNotFound => 2 + n,
+            AuthResult::PrincipalChanged => 3 + n,
+            AuthResult::Internal => 4 + n,
+        }
     }
 }
 
@@ -313,14 +351,17 @@ impl Metrics {
         }
         let sessions_closed_client = closed.get_metric_with_label_values(&["client_closed"])?;
 
-        let auth = counter_vec(
-            "pgsat_auth_attempts_total",
-            "AuthReq outcomes, by result.",
-            "result",
+        let auth = IntCounterVec::new(
+            Opts::new(
+                "pgsat_auth_attempts_total",
+                "AuthReq outcomes, by result (ok or the error code) and reason (the failed check).",
+            ),
+            &["result", "reason"],
         )?;
-        let auth_attempts = AuthResult::ALL
+        registry.register(Box::new(auth.clone()))?;
+        let auth_attempts = AuthResult::all()
             .iter()
-            .map(|r| auth.get_metric_with_label_values(&[r.label()]))
+            .map(|r| auth.get_metric_with_label_values(&[r.label(), r.reason()]))
             .collect::<Result<Vec<_>, _>>()?;
 
         let session_lag_bytes = Histogram::with_opts(
@@ -349,7 +390,7 @@ impl Metrics {
             )?,
             replication_lag_bytes: gauge(
                 "pgsat_replication_lag_bytes",
-                "Bytes between the server's current WAL position and the received LSN.",
+                "Bytes between the server's current WAL position and the LSN durably written to the log.",
             )?,
             replication_slot_retained_wal_bytes: gauge(
                 "pgsat_replication_slot_retained_wal_bytes",
@@ -550,6 +591,11 @@ mod tests {
         m.session_closed(CloseReason::Error(ErrorCode::TableNotReadable));
         m.session_closed(CloseReason::ClientClosed);
         m.auth_attempt(AuthResult::UserNotFound);
+        m.auth_attempt(AuthResult::Failed("signature"));
+        m.auth_attempt(AuthResult::of_error(&AuthError::Failed {
+            check: "signature",
+            detail: String::new(),
+        }));
         m.session_state(None, Some(SessionState::Authenticating));
         m.session_state(
             Some(SessionState::Authenticating),
@@ -591,11 +637,28 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(
-            sample(&t, r#"pgsat_auth_attempts_total{result="user_not_found"}"#),
+            sample(
+                &t,
+                r#"pgsat_auth_attempts_total{reason="user_not_found",result="user_not_found"}"#
+            ),
             Some(1.0)
         );
         assert_eq!(
-            sample(&t, r#"pgsat_auth_attempts_total{result="ok"}"#),
+            sample(&t, r#"pgsat_auth_attempts_total{reason="ok",result="ok"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &t,
+                r#"pgsat_auth_attempts_total{reason="signature",result="auth_failed"}"#
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(
+                &t,
+                r#"pgsat_auth_attempts_total{reason="malformed",result="auth_failed"}"#
+            ),
             Some(0.0)
         );
         assert_eq!(

@@ -226,6 +226,11 @@ impl Replicator {
                 .append_relation((*rel).clone())
                 .map_err(|e| RunError::Fatal(e.to_string()))?,
             Step::Committed(c) => {
+                let changes = &self.metrics.replication_changes;
+                changes.insert.inc_by(u64::from(c.ops.insert));
+                changes.update.inc_by(u64::from(c.ops.update));
+                changes.delete.inc_by(u64::from(c.ops.delete));
+                changes.truncate.inc_by(u64::from(c.ops.truncate));
                 if let Some(txn) = &c.txn {
                     self.metrics.replication_transactions.inc();
                     let appended = self

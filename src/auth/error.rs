@@ -24,6 +24,24 @@ pub enum AuthError {
     Internal(String),
 }
 
+/// Every `check` an `AuthError::Failed` can name (the `reason` label of
+/// `pgsat_auth_attempts_total{result="auth_failed"}`); a fixed set, so the
+/// metric's series are all known at start.
+pub const FAILED_CHECKS: [&str; 12] = [
+    "malformed",
+    "too_large",
+    "alg",
+    "header",
+    "kid",
+    "signature",
+    "exp",
+    "nbf",
+    "iat",
+    "iss",
+    "aud",
+    "user_id",
+];
+
 impl AuthError {
     pub(crate) fn failed(check: &'static str, detail: impl Into<String>) -> Self {
         AuthError::Failed {

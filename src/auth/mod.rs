@@ -288,12 +288,8 @@ fn build(settings: &AuthSettings, min_refetch: Duration) -> Result<Inner, AuthIn
         leeway: settings.leeway.as_secs_f64(),
     };
     let keys = match settings.mode {
-        AuthMode::Insecure => {
-            tracing::warn!(
-                "AUTH_MODE=insecure: token signatures are NOT verified; any client can claim any user_id. Development only."
-            );
-            KeySource::Unverified
-        }
+        // The start-up warning and the gauge are the server's (one line).
+        AuthMode::Insecure => KeySource::Unverified,
         AuthMode::Secure => match (&settings.jwks_url, &settings.key, settings.alg) {
             (Some(_), Some(_), _) => {
                 return Err(cfg(

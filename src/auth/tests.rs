@@ -123,6 +123,13 @@ fn expect(a: &Authenticator, tok: &str, want: Option<ErrorCode>, case: &str) {
         (Some(code), Ok(_)) => panic!("{case}: expected {code:?}, got success"),
         (Some(code), Err(e)) => {
             assert_eq!(e.code(), code, "{case}: {e:?}");
+            if let AuthError::Failed { check, .. } = &e {
+                // Every check has its own pre-registered metric series.
+                assert!(
+                    error::FAILED_CHECKS.contains(check),
+                    "{case}: check {check:?} is not in FAILED_CHECKS"
+                );
+            }
             let msg = e.message();
             assert!(!msg.is_empty(), "{case}");
             for seg in tok.split('.').filter(|s| s.len() >= 8) {

@@ -6,12 +6,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use clap::Args;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey};
 use serde_json::{Map, Value};
 
+use crate::auth::mint;
 use crate::config::{parse_duration, parse_jwt_alg};
 
 #[derive(Debug, Clone, Args)]
@@ -88,29 +87,24 @@ pub fn claims(args: &TokenArgs, now: Duration) -> Map<String, Value> {
 /// An encoding key from `--key`: the secret itself for HS*, otherwise PEM
 /// text (starts with `-----BEGIN`) or a path to a PEM file.
 fn encoding_key(alg: Algorithm, key: &str) -> Result<EncodingKey, TokenError> {
-    use Algorithm::*;
-    if matches!(alg, HS256 | HS384 | HS512) {
-        if key.is_empty() {
-            return Err(TokenError::EmptySecret);
-        }
-        return Ok(EncodingKey::from_secret(key.as_bytes()));
-    }
-    let pem = if key.trim_start().starts_with("-----BEGIN") {
-        key.as_bytes().to_vec()
+    let hmac = alg.family() == AlgorithmFamily::Hmac;
+    let material = if hmac || key.trim_start().starts_with("-----BEGIN") {
+        key.to_string()
     } else {
-        std::fs::read(key).map_err(|source| TokenError::KeyFile {
+        std::fs::read_to_string(key).map_err(|source| TokenError::KeyFile {
             path: key.to_string(),
             source,
         })?
     };
-    let parsed = match alg {
-        ES256 | ES384 => EncodingKey::from_ec_pem(&pem),
-        EdDSA => EncodingKey::from_ed_pem(&pem),
-        _ => EncodingKey::from_rsa_pem(&pem),
-    };
-    parsed.map_err(|e| TokenError::BadKey {
-        alg,
-        reason: e.to_string(),
+    mint::encoding_key(alg, &material).map_err(|e| {
+        if hmac {
+            TokenError::EmptySecret
+        } else {
+            TokenError::BadKey {
+                alg,
+                reason: e.to_string(),
+            }
+        }
     })
 }
 
@@ -121,27 +115,21 @@ pub fn mint(args: &TokenArgs) -> Result<String, TokenError> {
         .map_err(|_| TokenError::Clock)?;
     let claims = claims(args, now);
     if args.insecure {
-        return Ok(unsigned(&claims));
+        return Ok(mint::unsigned(&claims));
     }
     let (Some(alg), Some(key)) = (args.alg, args.key.as_deref()) else {
         return Err(TokenError::NoSigner);
     };
     let key = encoding_key(alg, key)?;
-    jsonwebtoken::encode(&Header::new(alg), &claims, &key)
-        .map_err(|e| TokenError::Sign(e.to_string()))
-}
-
-/// `base64url({"alg":"none","typ":"JWT"}) . base64url(claims) .` (empty signature).
-pub fn unsigned(claims: &Map<String, Value>) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-    let body = URL_SAFE_NO_PAD.encode(Value::Object(claims.clone()).to_string());
-    format!("{header}.{body}.")
+    mint::sign(&claims, alg, &key).map_err(|e| TokenError::Sign(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
     use clap::Parser;
     use jsonwebtoken::{DecodingKey, Validation};
 

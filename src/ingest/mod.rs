@@ -96,6 +96,17 @@ pub enum Step {
     Committed(Committed),
 }
 
+/// Row changes of one transaction by kind, for
+/// `pgsat_replication_changes_total{op}` (added once per transaction).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpCounts {
+    pub insert: u32,
+    pub update: u32,
+    pub delete: u32,
+    /// Truncate messages (one may name several tables).
+    pub truncate: u32,
+}
+
 /// A committed transaction.
 #[derive(Debug)]
 pub struct Committed {
@@ -106,6 +117,8 @@ pub struct Committed {
     pub txn: Option<Arc<TxnEntry>>,
     /// Users removed by this transaction.
     pub removed_users: RemovedUsers,
+    /// Its row changes by kind.
+    pub ops: OpCounts,
 }
 
 impl Committed {
@@ -122,16 +135,19 @@ struct OpenTxn {
     frames: FrameBuf,
     relation_ids: Vec<u32>,
     changes: u32,
+    ops: OpCounts,
     removed: RemovedUsers,
 }
 
 impl OpenTxn {
     #[inline]
-    fn used(&mut self, relation_id: u32) {
+    fn used(&mut self, relation_id: u32, count: fn(&mut OpCounts) -> &mut u32) {
         if self.relation_ids.last() != Some(&relation_id) {
             self.relation_ids.push(relation_id);
         }
         self.changes = self.changes.saturating_add(1);
+        let n = count(&mut self.ops);
+        *n = n.saturating_add(1);
     }
 }
 
@@ -272,6 +288,7 @@ impl<C: Catalog> TxnAssembler<C> {
             frames: FrameBuf::with_capacity(cap),
             relation_ids: Vec::new(),
             changes: 0,
+            ops: OpCounts::default(),
             removed: RemovedUsers::default(),
         });
         Ok(Step::Nothing)
@@ -290,6 +307,7 @@ impl<C: Catalog> TxnAssembler<C> {
                 end_lsn: c.end_lsn,
                 txn: None,
                 removed_users: txn.removed,
+                ops: txn.ops,
             }));
         }
         let commit_time = pg_to_unix_micros(c.commit_time);
@@ -310,6 +328,7 @@ impl<C: Catalog> TxnAssembler<C> {
                 frames,
             })),
             removed_users: txn.removed,
+            ops: txn.ops,
         }))
     }
 
@@ -324,7 +343,7 @@ impl<C: Catalog> TxnAssembler<C> {
         put_row_op_header(buf, OP_INSERT, id, body);
         put_row_header(buf, 2, plan.len);
         plan.write(buf, &m.new, None);
-        txn.used(id);
+        txn.used(id, |o| &mut o.insert);
         Ok(Step::Nothing)
     }
 
@@ -356,7 +375,7 @@ impl<C: Catalog> TxnAssembler<C> {
                 txn.removed.ids.push(uid);
             }
         }
-        txn.used(id);
+        txn.used(id, |o| &mut o.update);
         Ok(Step::Nothing)
     }
 
@@ -375,7 +394,7 @@ impl<C: Catalog> TxnAssembler<C> {
         if let Some(uid) = rel.user_id_col.and_then(|c| users::deleted_id(old, c)) {
             txn.removed.ids.push(uid);
         }
-        txn.used(id);
+        txn.used(id, |o| &mut o.delete);
         Ok(Step::Nothing)
     }
 
@@ -402,6 +421,7 @@ impl<C: Catalog> TxnAssembler<C> {
         let buf = txn.frames.op(entry);
         put_truncate(buf, &m.relation_ids, packed, body);
         txn.changes = txn.changes.saturating_add(1);
+        txn.ops.truncate = txn.ops.truncate.saturating_add(1);
         Ok(Step::Nothing)
     }
 }

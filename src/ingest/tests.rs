@@ -509,6 +509,15 @@ async fn truncate_and_relation_ids() {
         .unwrap(),
     );
     assert!(c.removed_users.all);
+    assert_eq!(
+        c.ops,
+        OpCounts {
+            insert: 3,
+            update: 0,
+            delete: 0,
+            truncate: 1
+        }
+    );
     let t = c.txn.unwrap();
     assert_eq!(t.changes, 4);
     assert_eq!(t.relation_ids, vec![REL, USERS]);
@@ -562,6 +571,15 @@ async fn removed_users_reported() {
         RemovedUsers {
             ids: vec!["alice".into(), "bob".into()],
             all: false
+        }
+    );
+    assert_eq!(
+        c.ops,
+        OpCounts {
+            insert: 0,
+            update: 2,
+            delete: 3,
+            truncate: 0
         }
     );
 

@@ -54,6 +54,21 @@ pub struct BoundAddrs {
     pub http: SocketAddr,
 }
 
+/// Whether opening the log failed because of the `DATA_DIR` value itself
+/// (not a directory, not writable, another database's log) rather than at
+/// run time (corruption, a lock held by another process).
+fn data_dir_is_unusable(e: &crate::log::LogError) -> bool {
+    use std::io::ErrorKind::*;
+    match e {
+        crate::log::LogError::ForeignLog { .. } => true,
+        crate::log::LogError::Io { source, .. } => matches!(
+            source.kind(),
+            NotADirectory | PermissionDenied | ReadOnlyFilesystem | AlreadyExists
+        ),
+        _ => false,
+    }
+}
+
 /// Runs the proxy until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
@@ -80,7 +95,7 @@ pub async fn run_until(
     let metrics = Arc::new(Metrics::new()?);
     let readiness = Arc::new(Readiness::new());
     if config.auth.mode == crate::config::AuthMode::Insecure {
-        tracing::warn!("AUTH_MODE=insecure: token signatures are NOT verified. Development only: never expose this server to untrusted clients.");
+        tracing::warn!("AUTH_MODE=insecure: token signatures are NOT verified; any client can claim any user_id. Development only: never expose this server to untrusted clients.");
         metrics.auth_insecure_mode.set(1);
     }
     metrics.read_rules_enabled.set(0);
@@ -125,12 +140,28 @@ pub async fn run_until(
             segment_max_bytes: None,
         },
     )
-    .map_err(|e| anyhow::anyhow!("DATA_DIR {}: {e}", log_dir.display()))?;
+    .map_err(|e| {
+        let msg = format!("DATA_DIR {}: {e}", log_dir.display());
+        if data_dir_is_unusable(&e) {
+            anyhow::Error::from(crate::config::BadSetting(msg))
+        } else {
+            anyhow::anyhow!(msg)
+        }
+    })?;
     if log.is_new() {
         log.set_start(slot_info.confirmed_flush_lsn)?;
     }
 
-    let auth = Arc::new(Authenticator::new(&config.auth, params.to_tokio_postgres()).await?);
+    let auth = Arc::new(
+        Authenticator::new(&config.auth, params.to_tokio_postgres())
+            .await
+            .map_err(|e| match e {
+                // The database failed: a runtime error.
+                crate::auth::AuthInitError::Database(_) => anyhow::Error::from(e),
+                // A configured value is wrong (table, column, key).
+                other => crate::config::BadSetting(other.to_string()).into(),
+            })?,
+    );
     let registry = Arc::new(Registry::default());
 
     let replicator = Replicator {

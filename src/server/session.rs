@@ -175,7 +175,7 @@ impl Session {
                 Ok(registration)
             }
             Err(e) => {
-                self.ctx.metrics.auth_attempt(auth_result(e.code()));
+                self.ctx.metrics.auth_attempt(AuthResult::of_error(&e));
                 tracing::info!(peer = %self.peer, check = e.metric_label(), "authentication failed");
                 Err(self.fail(e.code(), e.message()))
             }
@@ -197,13 +197,18 @@ impl Session {
         self.principal = Some(principal);
     }
 
+    /// Arms the expiry timer: the token expires for the session when it
+    /// would be refused as expired, i.e. at `exp` + `AUTH_JWT_LEEWAY` (a
+    /// token accepted within the leeway is not paused at once).
     fn set_expiry(&mut self, expires_at_micros: Option<i64>) {
+        let leeway = self.ctx.config.auth.leeway.as_micros() as i64;
         self.expiry = expires_at_micros.map(|at| {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_micros() as i64)
                 .unwrap_or(0);
-            let left = Duration::from_micros(at.saturating_sub(now).max(0) as u64);
+            let left =
+                Duration::from_micros(at.saturating_add(leeway).saturating_sub(now).max(0) as u64);
             Box::pin(tokio::time::sleep(left))
         });
     }
@@ -287,7 +292,7 @@ impl Session {
             ClientMessage::StartReplication(req) => self.on_start(req),
             ClientMessage::StopReplication => {
                 if self.stream.take().is_some() {
-                    self.set_state(Some(SessionState::Authenticating));
+                    self.set_state_unless_paused(SessionState::Authenticating);
                     self.push(MsgType::StopReplicationResp, &pb::StopReplicationResp {});
                 } else {
                     self.push_error(
@@ -314,13 +319,14 @@ impl Session {
         let principal = match self.ctx.auth.authenticate(&req.token).await {
             Ok(p) => p,
             Err(e) => {
-                self.ctx.metrics.auth_attempt(auth_result(e.code()));
+                self.ctx.metrics.auth_attempt(AuthResult::of_error(&e));
+                tracing::info!(peer = %self.peer, user_id = self.user_id(), check = e.metric_label(), "token refresh failed");
                 self.fail(e.code(), format!("token refresh failed: {}", e.message()));
                 return;
             }
         };
-        self.ctx.metrics.auth_attempt(AuthResult::Ok);
         if principal.user_id != self.user_id() {
+            // One attempt, one outcome: not also counted as `ok`.
             self.ctx.metrics.auth_attempt(AuthResult::PrincipalChanged);
             self.fail(
                 ErrorCode::PrincipalChanged,
@@ -328,6 +334,7 @@ impl Session {
             );
             return;
         }
+        self.ctx.metrics.auth_attempt(AuthResult::Ok);
         if self.paused_until.take().is_some() {
             let state = if self.stream.is_some() {
                 SessionState::Streaming
@@ -364,7 +371,7 @@ impl Session {
                     in_force: HashMap::new(),
                     live: false,
                 });
-                self.set_state(Some(SessionState::Streaming));
+                self.set_state_unless_paused(SessionState::Streaming);
                 self.push(
                     MsgType::StartReplicationResp,
                     &pb::StartReplicationResp {
@@ -436,6 +443,14 @@ impl Session {
         }
     }
 
+    /// A paused session stays `paused` (in `pgsat_sessions{state}`) whatever
+    /// it starts or stops until a refresh resumes it.
+    fn set_state_unless_paused(&mut self, to: SessionState) {
+        if self.paused_until.is_none() {
+            self.set_state(Some(to));
+        }
+    }
+
     fn set_state(&mut self, to: Option<SessionState>) {
         if self.state != to {
             self.ctx.metrics.session_state(self.state, to);
@@ -494,15 +509,5 @@ fn close_label(reason: CloseReason) -> &'static str {
     match reason {
         CloseReason::ClientClosed => "client_closed",
         CloseReason::Error(code) => code.as_str_name(),
-    }
-}
-
-fn auth_result(code: ErrorCode) -> AuthResult {
-    match code {
-        ErrorCode::TokenExpired => AuthResult::TokenExpired,
-        ErrorCode::UserNotFound => AuthResult::UserNotFound,
-        ErrorCode::PrincipalChanged => AuthResult::PrincipalChanged,
-        ErrorCode::Internal => AuthResult::Internal,
-        _ => AuthResult::Failed,
     }
 }

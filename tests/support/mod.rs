@@ -482,6 +482,19 @@ impl Drop for PgServer {
     }
 }
 
+/// A fresh server (started off the async worker) with `sql` executed.
+pub async fn pg_with_schema(sql: &str) -> PgServer {
+    let pg = tokio::task::spawn_blocking(PgServer::start)
+        .await
+        .expect("start Postgres");
+    pg.client()
+        .await
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("schema: {e}"));
+    pg
+}
+
 /// Polls `cond` every 20 ms until it returns true or `timeout` passes;
 /// returns whether it became true. Use as `assert!(wait_until(..).await, "what")`.
 pub async fn wait_until<F, Fut>(timeout: Duration, mut cond: F) -> bool

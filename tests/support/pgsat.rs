@@ -236,6 +236,11 @@ impl RawClient {
         }
     }
 
+    /// This end's address (the `peer` the server sees).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local addr")
+    }
+
     pub async fn send(&mut self, ty: u8, msg: &impl Message) {
         let body = msg.encode_to_vec();
         self.send_raw(ty, &body).await;
@@ -308,6 +313,26 @@ impl RawClient {
             .expect("auth answer");
         assert_eq!(f.ty, 2, "expected AuthResp, got {:?}", f.error());
         pb::AuthResp::decode(f.body).expect("AuthResp")
+    }
+
+    /// Reads frames until `n` whole transactions arrived; every frame must be
+    /// a Relation or an OpLog, each within 10 s.
+    pub async fn read_txns(&mut self, r: &mut TxnReader, n: usize) -> Vec<Txn> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let f = self
+                .recv_timeout(Duration::from_secs(10))
+                .await
+                .expect("stream frame");
+            assert!(
+                f.ty == 9 || f.ty == 10,
+                "unexpected frame {} {:?}",
+                f.ty,
+                f.error()
+            );
+            out.extend(r.feed(&f));
+        }
+        out
     }
 
     pub async fn start(&mut self, lsn: u64) -> pb::StartReplicationResp {

@@ -159,15 +159,18 @@ impl Authenticator {
     /// Every check, the users row included.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
         let v = self.verify(token, SystemTime::now()).await?;
-        match &self.inner.users {
-            Some(u) => u.check(&v.principal.user_id).await?,
-            None => {
-                return Err(AuthError::Internal(
-                    "no users lookup is configured".to_owned(),
-                ))
-            }
-        }
+        self.check_user(&v.principal.user_id).await?;
         Ok(v.principal)
+    }
+
+    /// The users-row check alone: `user_id` must be the key of a row.
+    pub async fn check_user(&self, user_id: &str) -> Result<(), AuthError> {
+        match &self.inner.users {
+            Some(u) => u.check(user_id).await,
+            None => Err(AuthError::Internal(
+                "no users lookup is configured".to_owned(),
+            )),
+        }
     }
 
     /// Every token check at time `now`, without the database; an unknown JWKS

@@ -167,10 +167,17 @@ impl Session {
             }
             Err(e) => return Err(self.fail(ErrorCode::InvalidRequest, e.to_string())),
         };
-        match self.ctx.auth.authenticate(&req.token).await {
-            Ok(principal) => {
+        // Registered for deletion notices before the users-row lookup: a row
+        // deleted after the lookup found it still reaches this session.
+        let verified = async {
+            let v = self.ctx.auth.verify(&req.token, SystemTime::now()).await?;
+            let registration = self.ctx.registry.register(&v.principal.user_id);
+            self.ctx.auth.check_user(&v.principal.user_id).await?;
+            Ok::<_, crate::auth::AuthError>((v.principal, registration))
+        };
+        match verified.await {
+            Ok((principal, registration)) => {
                 self.ctx.metrics.auth_attempt(AuthResult::Ok);
-                let registration = self.ctx.registry.register(&principal.user_id);
                 self.accept_principal(req.id, principal);
                 Ok(registration)
             }

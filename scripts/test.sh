@@ -11,4 +11,7 @@ cargo test --lib --bins --tests -- --test-threads=2
 if [ -f clients/ts/package.json ]; then
   echo "== TypeScript client: npm ci && npm test"
   (cd clients/ts && npm ci --no-audit --no-fund && npm test)
+  echo "== TypeScript client: integration tests (real Postgres + target/debug/pgsat)"
+  cargo build --bin pgsat
+  (cd clients/ts && PGSAT_BIN="$PWD/../../target/debug/pgsat" npm run test:integration)
 fi

@@ -15,3 +15,8 @@ if [ -f clients/ts/package.json ]; then
   cargo build --bin pgsat
   (cd clients/ts && PGSAT_BIN="$PWD/../../target/debug/pgsat" npm run test:integration)
 fi
+
+if [ -f examples/todo-web/package.json ]; then
+  echo "== examples/todo-web: build + browser test (headless Chromium, real pgsat + Postgres)"
+  (cd examples/todo-web && npm ci --no-audit --no-fund && PGSAT_BIN="$PWD/../../target/debug/pgsat" npm run test:browser)
+fi

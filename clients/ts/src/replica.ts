@@ -58,6 +58,8 @@ interface RelInfo {
   id: number;
   name: string;
   columns: ColumnInfo[];
+  /** Column names, in order (hot path). */
+  names: string[];
   decoders: Decoder[];
 }
 
@@ -168,6 +170,7 @@ export class Replica {
       id: msg.relationId,
       name: `${msg.schema}.${msg.table}`,
       columns,
+      names: columns.map((c) => c.name),
       decoders: columns.map((c) => decoderFor(c, this.valueOptions)),
     };
     this.relations.set(rel.id, rel);
@@ -281,17 +284,28 @@ export class Replica {
       }
       return l;
     };
+    // Consecutive inserts into one table (the common bulk case) reuse its lookups.
+    let insRel: RelInfo | null = null;
+    let insTable: TableState | null = null;
+    let insOut: Change[] = [];
     for (const op of ops) {
+      if (op.k !== "ins") insRel = null;
       switch (op.k) {
         case "rel":
           this.applySchema(op.rel, changes);
           break;
         case "ins": {
-          const t = this.table(target, op.rel);
+          if (op.rel !== insRel || insTable === null) {
+            insRel = op.rel;
+            insTable = this.table(target, op.rel);
+            insOut = out(insTable);
+          }
+          const t = insTable;
           const key = rowKey(op.row, t.keyColumns);
-          const prev = t.rows.get(key);
-          t.rows.set(key, op.row);
-          out(t).push(prev === undefined ? { op: "insert", key, row: op.row } : { op: "update", key, row: op.row, oldKey: key, old: prev });
+          const rows = t.rows;
+          const prev = rows.get(key);
+          rows.set(key, op.row);
+          insOut.push(prev === undefined ? { op: "insert", key, row: op.row } : { op: "update", key, row: op.row, oldKey: key, old: prev });
           break;
         }
         case "upd": {
@@ -414,22 +428,25 @@ export class Replica {
 
   private decodeRow(rel: RelInfo, wire: WireRow | undefined, allowUnchanged: boolean): Record<string, Slot> {
     if (wire === undefined) throw new ProtocolError(`row missing for ${rel.name}`);
-    const cols = rel.columns;
-    if (wire.values.length !== cols.length) {
-      throw new ProtocolError(`${rel.name}: row has ${wire.values.length} values, relation has ${cols.length} columns`);
+    const names = rel.names;
+    const n = names.length;
+    const values = wire.values;
+    if (values.length !== n) {
+      throw new ProtocolError(`${rel.name}: row has ${values.length} values, relation has ${n} columns`);
     }
     const row: Record<string, Slot> = {};
     const nulls = wire.nulls;
     const unchanged = wire.unchanged;
-    for (let i = 0; i < cols.length; i++) {
-      const name = (cols[i] as ColumnInfo).name;
+    const decoders = rel.decoders;
+    for (let i = 0; i < n; i++) {
+      const name = names[i] as string;
       if (unchanged.length > 0 && bitSet(unchanged, i)) {
         if (!allowUnchanged) throw new ProtocolError(`${rel.name}: unchanged bit outside an Update's new row`);
         row[name] = UNCHANGED;
       } else if (nulls.length > 0 && bitSet(nulls, i)) {
         row[name] = null;
       } else {
-        row[name] = (rel.decoders[i] as Decoder)(utf8Text(wire.values[i] as Uint8Array));
+        row[name] = (decoders[i] as Decoder)(utf8Text(values[i] as Uint8Array));
       }
     }
     return row;

@@ -139,6 +139,29 @@ describe("pgsat v1 integration", () => {
     expect(c.status).toBe("live");
   }, 90_000);
 
+  it("SIGTERM: the server says SHUTTING_DOWN after a whole transaction; the client reconnects to the restarted server and resumes exactly", async () => {
+    const c = client();
+    const rec = record(c);
+    const codes: string[] = [];
+    c.onStatus((_s, e) => {
+      if (e !== null) codes.push(e.code);
+    });
+    await c.connect();
+    await c.waitFor("live");
+    const from = ledgerMax() + 1;
+    const to = from + 99;
+    const writer = pg.sqlAsync(ledgerTxns(from, to, 20));
+    await waitUntil("some rows before the shutdown", () => rec.ledger.length >= 20, 15_000);
+    await pgsat.kill("SIGTERM");
+    await pgsat.restart();
+    await writer;
+    await waitUntil("every row", () => rec.ledger.length >= to - from + 1, 30_000, () => `${rec.ledger.length}, status ${c.status}`);
+    await sleep(300);
+    expect(codes).toContain("SHUTTING_DOWN");
+    expect(rec.ledger).toEqual(inserts(from, to));
+    expect(strictlyIncreasing(rec.lsns)).toBe(true);
+  }, 60_000);
+
   it("a client that stopped resumes from its last Commit.lsn on a new connection (offline changes arrive once)", async () => {
     const { MemoryStore } = await import("../../src/index.js");
     const store = new MemoryStore();

@@ -53,6 +53,30 @@ async function rustTail(url: string, fromLsn: bigint): Promise<Run> {
   return { secs, cpu };
 }
 
+/** BENCH_PROFILE=1: CPU-profiles a TS run and prints the top functions by self time. */
+async function profiled<T>(f: () => Promise<T>): Promise<T> {
+  if (process.env.BENCH_PROFILE !== "1") return f();
+  const { Session } = await import("node:inspector/promises");
+  const session = new Session();
+  session.connect();
+  await session.post("Profiler.enable");
+  await session.post("Profiler.start");
+  const out = await f();
+  const { profile } = await session.post("Profiler.stop");
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const self = new Map<string, number>();
+  (profile.samples ?? []).forEach((id, i) => {
+    const n = byId.get(id);
+    if (n === undefined) return;
+    const k = `${n.callFrame.functionName || "(anon)"} ${n.callFrame.url.split("/").slice(-2).join("/")}:${n.callFrame.lineNumber}`;
+    self.set(k, (self.get(k) ?? 0) + (profile.timeDeltas?.[i] ?? 0));
+  });
+  const total = [...self.values()].reduce((a, b) => a + b, 0);
+  for (const [k, v] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 30)) console.log(`${((v / total) * 100).toFixed(1)}% ${k}`);
+  session.disconnect();
+  return out;
+}
+
 async function tsClient(url: string, fromLsn: bigint): Promise<Run> {
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
@@ -121,7 +145,7 @@ it(
       const rust = [await rustTail(pgsat.wsUrl, from)];
       const ts = [await tsClient(pgsat.wsUrl, from)];
       rust.push(await rustTail(pgsat.wsUrl, from));
-      ts.push(await tsClient(pgsat.wsUrl, from));
+      ts.push(await profiled(() => tsClient(pgsat.wsUrl, from)));
       const best = (runs: Run[]): Run => runs.reduce((a, b) => (b.secs < a.secs ? b : a));
       const r = best(rust);
       const s = best(ts);

@@ -12,7 +12,10 @@ if [ -f clients/ts/package.json ]; then
   echo "== TypeScript client: npm ci && npm test"
   (cd clients/ts && npm ci --no-audit --no-fund && npm test)
   echo "== TypeScript client: integration tests (real Postgres + target/debug/pgsat)"
-  cargo build --bin pgsat
+  # `cargo test` above built target/debug/pgsat (with the test build's
+  # features: a plain `cargo build` would resolve features differently and
+  # recompile dependencies); build it only when it is missing.
+  [ -x target/debug/pgsat ] || cargo build --bin pgsat
   (cd clients/ts && PGSAT_BIN="$PWD/../../target/debug/pgsat" npm run test:integration)
 fi
 

@@ -190,12 +190,12 @@ describe("pgsat v1 integration", () => {
   it("refreshes the token in-band before it expires: the stream never pauses, nothing is lost", async () => {
     let calls = 0;
     const c = client({
-      // 3 s tokens, refreshed 1.5 s before expiry: about every 1.5 s.
+      // 4 s tokens (exp in whole seconds: 3-4 s left), refreshed 1.5-2 s before expiry.
       getToken: async () => {
         calls += 1;
-        return token("alice", 3);
+        return token("alice", 4);
       },
-      refreshBeforeMs: 1_500,
+      refreshBeforeMs: 2_000,
     });
     const rec = record(c);
     await c.connect();
@@ -205,7 +205,7 @@ describe("pgsat v1 integration", () => {
     await pg.sqlAsync(ledgerTxns(from, to, 25)); // ~8 s: outlives two token lifetimes
     await waitUntil("every row", () => rec.ledger.length >= to - from + 1, 15_000);
     await sleep(300);
-    expect(calls).toBeGreaterThanOrEqual(4);
+    expect(calls).toBeGreaterThanOrEqual(3); // the first token and at least two refreshes
     expect(rec.statuses).not.toContain("paused");
     expect(rec.statuses).not.toContain("offline");
     expect(rec.ledger).toEqual(inserts(from, to));

@@ -34,6 +34,7 @@ for (let t = 0; t < TXNS; t++) {
 }
 const r = new Replica();
 const relFrame = decodeFrame(rel);
+const cpu0 = process.cpuUsage();
 const t0 = performance.now();
 r.onRelation(relFrame.msg);
 let applied = 0;
@@ -45,8 +46,11 @@ for (const f of frames) {
   applied += r.onOpLog(d.msg).length;
 }
 const secs = (performance.now() - t0) / 1000;
+const cpu = process.cpuUsage(cpu0);
+const cpuSecs = (cpu.user + cpu.system) / 1e6;
 const rows = TXNS * PER;
 console.log(
   `replica: ${rows} rows in ${applied} txns, ${secs.toFixed(2)} s, ${Math.round(rows / secs)} rows/s ` +
-    `(protobuf decode ${(decodeMs / 1000).toFixed(2)} s, apply ${(secs - decodeMs / 1000).toFixed(2)} s)`,
+    `(protobuf decode ${(decodeMs / 1000).toFixed(2)} s, apply ${(secs - decodeMs / 1000).toFixed(2)} s); ` +
+    `CPU ${cpuSecs.toFixed(2)} s, ${Math.round(rows / cpuSecs)} rows per CPU-second`,
 );

@@ -37,6 +37,11 @@ export interface PgsatClientOptions {
   tables?: string[];
   /** Start an empty replica with a snapshot of the current rows (default true); false = changes from now on only. */
   snapshot?: boolean;
+  /**
+   * With `snapshot: false`, where an empty replica starts: after this position (a Commit.lsn),
+   * replaying what the server retains after it (version-1 servers have no snapshot). Default 0 = the server's head.
+   */
+  startLsn?: bigint;
   /** Where to persist the replica (e.g. IndexedDbStore); it is loaded by connect() and resumed from. */
   persistence?: ReplicaStore;
   /** WebSocket constructor (default `globalThis.WebSocket`; pass `ws`'s in Node 20). */
@@ -558,7 +563,8 @@ export class PgsatClient {
       this.send(c, frame(MessageType.StartReplicationReq, { lsn: this.replica.lsn, tables, snapshot: false, viewId: this.replica.viewId }));
     } else {
       c.snapshot = wantSnapshot || this.forceSnapshot;
-      this.send(c, frame(MessageType.StartReplicationReq, { lsn: 0n, tables, snapshot: c.snapshot, viewId: "" }));
+      const lsn = c.snapshot ? 0n : (this.opts.startLsn ?? 0n);
+      this.send(c, frame(MessageType.StartReplicationReq, { lsn, tables, snapshot: c.snapshot, viewId: "" }));
     }
   }
 

@@ -98,6 +98,8 @@ export class FrameError extends Error {
   override readonly name = "FrameError";
 }
 
+const NO_UNKNOWN = { readUnknownFields: false } as const;
+
 function isFrameType(n: number): n is FrameType {
   return Number.isInteger(n) && n >= 0 && n <= 13;
 }
@@ -136,7 +138,8 @@ export function decodeFrame(data: Uint8Array): Frame {
   if (!isFrameType(type)) throw new FrameError(`unknown message type ${type}`);
   let msg: FrameMessages[FrameType];
   try {
-    msg = fromBinary(SCHEMAS[type] as GenMessage<FrameMessages[FrameType]>, data.subarray(1));
+    // Unknown fields (a newer server) are skipped, not kept: the client never re-encodes a server message.
+    msg = fromBinary(SCHEMAS[type] as GenMessage<FrameMessages[FrameType]>, data.subarray(1), NO_UNKNOWN);
   } catch (e) {
     throw new FrameError(`message type ${type}: body does not decode: ${(e as Error).message}`);
   }

@@ -58,6 +58,12 @@ interface RelInfo {
   id: number;
   name: string;
   columns: ColumnInfo[];
+  /** Column names, in order (hot path). */
+  names: string[];
+  /** Builds a row object from the column values in order (one shape per relation; hot path). */
+  make: (values: Slot[]) => Record<string, Slot>;
+  /** Scratch array the values of one row are decoded into before `make`. */
+  scratch: Slot[];
   decoders: Decoder[];
 }
 
@@ -70,6 +76,29 @@ type PendingOp =
   | { k: "del"; rel: RelInfo; old: Row }
   | { k: "trunc"; tables: string[] }
   | { k: "rel"; rel: RelInfo };
+
+/**
+ * A function building a row from its values in column order. Where the page's
+ * Content-Security-Policy allows it, a compiled object literal (every row of a
+ * relation then has one hidden class and no keyed stores: the replica's hot
+ * path); else a loop. Names are embedded as JSON string literals.
+ */
+export function rowMaker(names: readonly string[]): (values: Slot[]) => Record<string, Slot> {
+  const unique = new Set(names).size === names.length && !names.includes("__proto__");
+  if (unique) {
+    try {
+      const body = `return {${names.map((n, i) => `${JSON.stringify(n)}: v[${i}]`).join(", ")}};`;
+      return new Function("v", body) as (values: Slot[]) => Record<string, Slot>;
+    } catch {
+      // CSP without 'unsafe-eval': the loop below.
+    }
+  }
+  return (values) => {
+    const row: Record<string, Slot> = {};
+    for (let i = 0; i < names.length; i++) row[names[i] as string] = values[i] as Slot;
+    return row;
+  };
+}
 
 /** The qualified `schema.table` name; a bare name means the `public` schema. */
 export function qualify(name: string): string {
@@ -168,6 +197,9 @@ export class Replica {
       id: msg.relationId,
       name: `${msg.schema}.${msg.table}`,
       columns,
+      names: columns.map((c) => c.name),
+      make: rowMaker(columns.map((c) => c.name)),
+      scratch: new Array<Slot>(columns.length).fill(null),
       decoders: columns.map((c) => decoderFor(c, this.valueOptions)),
     };
     this.relations.set(rel.id, rel);
@@ -281,17 +313,28 @@ export class Replica {
       }
       return l;
     };
+    // Consecutive inserts into one table (the common bulk case) reuse its lookups.
+    let insRel: RelInfo | null = null;
+    let insTable: TableState | null = null;
+    let insOut: Change[] = [];
     for (const op of ops) {
+      if (op.k !== "ins") insRel = null;
       switch (op.k) {
         case "rel":
           this.applySchema(op.rel, changes);
           break;
         case "ins": {
-          const t = this.table(target, op.rel);
+          if (op.rel !== insRel || insTable === null) {
+            insRel = op.rel;
+            insTable = this.table(target, op.rel);
+            insOut = out(insTable);
+          }
+          const t = insTable;
           const key = rowKey(op.row, t.keyColumns);
-          const prev = t.rows.get(key);
-          t.rows.set(key, op.row);
-          out(t).push(prev === undefined ? { op: "insert", key, row: op.row } : { op: "update", key, row: op.row, oldKey: key, old: prev });
+          const rows = t.rows;
+          const prev = rows.get(key);
+          rows.set(key, op.row);
+          insOut.push(prev === undefined ? { op: "insert", key, row: op.row } : { op: "update", key, row: op.row, oldKey: key, old: prev });
           break;
         }
         case "upd": {
@@ -414,24 +457,26 @@ export class Replica {
 
   private decodeRow(rel: RelInfo, wire: WireRow | undefined, allowUnchanged: boolean): Record<string, Slot> {
     if (wire === undefined) throw new ProtocolError(`row missing for ${rel.name}`);
-    const cols = rel.columns;
-    if (wire.values.length !== cols.length) {
-      throw new ProtocolError(`${rel.name}: row has ${wire.values.length} values, relation has ${cols.length} columns`);
+    const names = rel.names;
+    const n = names.length;
+    const values = wire.values;
+    if (values.length !== n) {
+      throw new ProtocolError(`${rel.name}: row has ${values.length} values, relation has ${n} columns`);
     }
-    const row: Record<string, Slot> = {};
+    const out = rel.scratch;
     const nulls = wire.nulls;
     const unchanged = wire.unchanged;
-    for (let i = 0; i < cols.length; i++) {
-      const name = (cols[i] as ColumnInfo).name;
+    const decoders = rel.decoders;
+    for (let i = 0; i < n; i++) {
       if (unchanged.length > 0 && bitSet(unchanged, i)) {
         if (!allowUnchanged) throw new ProtocolError(`${rel.name}: unchanged bit outside an Update's new row`);
-        row[name] = UNCHANGED;
+        out[i] = UNCHANGED;
       } else if (nulls.length > 0 && bitSet(nulls, i)) {
-        row[name] = null;
+        out[i] = null;
       } else {
-        row[name] = (rel.decoders[i] as Decoder)(utf8Text(wire.values[i] as Uint8Array));
+        out[i] = (decoders[i] as Decoder)(utf8Text(values[i] as Uint8Array));
       }
     }
-    return row;
+    return rel.make(out);
   }
 }

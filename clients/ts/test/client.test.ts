@@ -153,6 +153,22 @@ describe("PgsatClient session", () => {
     expect(await handshake(conn2)).toMatchObject({ lsn: 500n, snapshot: false });
   });
 
+  it("with snapshot: false and startLsn, an empty replica starts after that position, later resumes from its own", async () => {
+    const { client } = makeClient({ snapshot: false, startLsn: 300n });
+    await client.connect();
+    const conn = await server.accept();
+    expect(await handshake(conn)).toMatchObject({ lsn: 300n, snapshot: false });
+    conn.send(MessageType.StartReplicationResp, { lsn: 300n });
+    await client.waitFor("live");
+    expect(client.lsn).toBe(300n);
+    conn.send(MessageType.Relation, todosRel);
+    sendTxn(conn, 400n, ["1", "a", "f"]);
+    await until(() => client.lsn === 400n, "lsn 400");
+    conn.kill();
+    const conn2 = await server.accept();
+    expect(await handshake(conn2)).toMatchObject({ lsn: 400n, snapshot: false });
+  });
+
   it("answers the server's PingReq with its applied position", async () => {
     const { client } = makeClient();
     const conn = await live(client);

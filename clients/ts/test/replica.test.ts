@@ -258,3 +258,15 @@ describe("replica", () => {
     expect(() => r4.onSnapshotRows(create(SnapshotRowsSchema, { relationId: 1 }))).toThrow(/without a snapshot/);
   });
 });
+
+describe("rowMaker", () => {
+  it("builds rows with any column names, in column order, compiled or not", async () => {
+    const { rowMaker } = await import("../src/replica.js");
+    const names = ["id", 'we"ird', "back\\slash", "new\nline", "ünï", "constructor"];
+    const row = rowMaker(names)([1, "a", "b", "c", null, true]);
+    expect(Object.keys(row)).toEqual(names);
+    expect(row).toEqual({ id: 1, 'we"ird': "a", "back\\slash": "b", "new\nline": "c", ünï: null, constructor: true });
+    const dup = rowMaker(["a", "a"])([1, 2]);
+    expect(dup).toEqual({ a: 2 });
+  });
+});

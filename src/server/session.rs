@@ -499,7 +499,7 @@ impl Session {
                     return;
                 };
                 self.stream = Some(Stream {
-                    cursor,
+                    cursor: *cursor,
                     in_force: HashMap::new(),
                     live: false,
                 });

@@ -53,7 +53,7 @@ const CHANNEL_FRAMES: usize = 4;
 pub(super) enum PhaseMsg {
     /// The snapshot is taken; `cursor` was opened before it.
     Started {
-        cursor: Cursor,
+        cursor: Box<Cursor>,
         snapshot: TxSnapshot,
         wal_lsn: u64,
     },
@@ -78,7 +78,7 @@ impl From<SnapshotItem> for PhaseMsg {
 pub(super) struct SnapshotPhase {
     pub rx: mpsc::Receiver<PhaseMsg>,
     task: tokio::task::JoinHandle<()>,
-    pub started: Option<(Cursor, TxSnapshot, u64)>,
+    pub started: Option<(Box<Cursor>, TxSnapshot, u64)>,
     pub rows: u64,
 }
 
@@ -164,7 +164,7 @@ async fn read(
         .map_err(internal)?;
     let closed = |_| (ErrorCode::Internal, "session gone".to_owned());
     tx.send(PhaseMsg::Started {
-        cursor,
+        cursor: Box::new(cursor),
         snapshot,
         wal_lsn,
     })

@@ -636,3 +636,71 @@ async fn reader_chooses_published_tables_and_refuses_others() {
     assert_eq!(texts(&rows[1], 2), [Some("k".into()), Some("v\\".into())]);
     conn.finish().await.expect("finish");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_snapshot_prints_rows_then_end_then_changes() {
+    use std::io::{BufRead, BufReader};
+    let (pg, _dir, p) = setup(
+        "CREATE TABLE notes (id int PRIMARY KEY, body text);
+         INSERT INTO notes VALUES (1, E'tab\\there'), (2, NULL);",
+    )
+    .await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgsat"))
+        .args([
+            "tail",
+            "--url",
+            &format!("tcp://{}", p.tcp),
+            "--token",
+            &insecure_token("alice", 3600),
+            "--snapshot",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn pgsat tail");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut next = async || -> serde_json::Value {
+        let line = tokio::time::timeout(T, rx.recv())
+            .await
+            .expect("a line in time")
+            .expect("tail still running");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    };
+    let mut snap = Vec::new();
+    let end = loop {
+        let v = next().await;
+        match v["op"].as_str() {
+            Some("snapshot") => snap.push(v),
+            Some("snapshot_end") => break v,
+            other => panic!("unexpected line {other:?}: {v}"),
+        }
+    };
+    let notes: Vec<_> = snap.iter().filter(|v| v["table"] == "notes").collect();
+    assert_eq!(notes.len(), 2);
+    assert!(notes
+        .iter()
+        .any(|v| v["row"]["id"] == "1" && v["row"]["body"] == "tab\there"));
+    assert!(notes
+        .iter()
+        .any(|v| v["row"]["id"] == "2" && v["row"]["body"].is_null()));
+    assert_eq!(end["rows"], 3);
+    let db = pg.client().await;
+    db.batch_execute("INSERT INTO notes VALUES (3, 'after')")
+        .await
+        .expect("insert");
+    let v = next().await;
+    let change = &v["changes"][0];
+    assert_eq!(change["op"], "insert", "{v}");
+    assert_eq!(change["row"]["body"], "after", "{v}");
+    assert!(v["lsn"].as_u64().unwrap_or(0) > end["lsn"].as_u64().unwrap_or(u64::MAX));
+    let _ = child.kill();
+    let _ = child.wait();
+}

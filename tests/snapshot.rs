@@ -492,6 +492,8 @@ async fn disconnect_mid_snapshot_then_start_over() {
             assert_ne!(f.ty, 13, "SnapshotEnd before reading much");
             got_rows = f.ty == 12;
         }
+        // The reader is blocked on this client (which stopped reading).
+        assert_eq!(snapshot_backends(&db).await, 1, "one snapshot connection");
         drop(c);
         assert!(
             support::wait_until(T, || {

@@ -42,11 +42,14 @@ fn main() {
                  INSERT INTO t SELECT g, g % 1000, (g * 1.25)::numeric(12,2),
                                       '2024-01-01'::timestamptz + g * interval '1 second',
                                       g % 2 = 0, md5(g::text) || md5((g * 7)::text)
-                 FROM generate_series(1, {rows}) g;
-                 VACUUM ANALYZE t;"
+                 FROM generate_series(1, {rows}) g;"
             ))
             .await
             .expect("table");
+        client
+            .batch_execute("VACUUM ANALYZE t")
+            .await
+            .expect("vacuum");
     });
     let (table_mib, avg_row): (i64, f64) = rt.block_on(async {
         let r = client

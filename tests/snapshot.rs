@@ -344,7 +344,15 @@ async fn snapshots_during_fifty_writers_equal_the_database() {
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 let target = ((w * 7919 + i * 104_729) % 20_000) as i32 + 1;
-                let sql = match i % 5 {
+                let sql = match if w < 5 { 5 } else { i % 5 } {
+                    // Long transactions: open (in the snapshot's xip) while
+                    // snapshots are taken, committing after them.
+                    5 => format!(
+                        "BEGIN; INSERT INTO acct VALUES ({}, {i}, 'long'); \
+                         UPDATE acct SET v = v - 1 WHERE id = {target}; \
+                         SELECT pg_sleep(0.05); COMMIT",
+                        next_id.fetch_add(1, Ordering::Relaxed)
+                    ),
                     0 => format!(
                         "INSERT INTO acct VALUES ({}, {w}, 'w{w}')",
                         next_id.fetch_add(1, Ordering::Relaxed)

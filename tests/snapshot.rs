@@ -645,6 +645,38 @@ async fn reader_chooses_published_tables_and_refuses_others() {
     assert_eq!(texts(&rows[0], 2), [Some("3".into()), Some("three".into())]);
     assert_eq!(texts(&rows[1], 2), [Some("k".into()), Some("v\\".into())]);
     conn.finish().await.expect("finish");
+
+    // Partitioned (published via the root) and inheritance tables.
+    db.batch_execute(
+        "CREATE TABLE parted (id int, k int) PARTITION BY RANGE (k);
+         CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10);
+         CREATE TABLE parted_2 PARTITION OF parted FOR VALUES FROM (10) TO (20);
+         INSERT INTO parted VALUES (1, 1), (2, 15), (3, 16);
+         CREATE TABLE inh (id int); CREATE TABLE inh_c (x int) INHERITS (inh);
+         INSERT INTO inh VALUES (1); INSERT INTO inh_c VALUES (2, 2), (3, 3);
+         CREATE PUBLICATION p2 FOR TABLE parted, inh, inh_c WITH (publish_via_partition_root = true);",
+    )
+    .await
+    .expect("more tables");
+    let mut conn = SnapshotConn::connect(cfg).await.expect("connect");
+    conn.begin().await.expect("begin");
+    let tables = conn.tables("p2", &[]).await.expect("tables");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<SnapshotItem>(64);
+    let mut counts = BTreeMap::new();
+    for t in &tables {
+        let n = conn.copy_rows(t, None, &tx).await.expect("copy");
+        counts.insert(t.qualified(), n);
+    }
+    drop(tx);
+    while rx.recv().await.is_some() {}
+    let want: BTreeMap<String, u64> = [
+        ("public.inh".to_string(), 1),
+        ("public.inh_c".to_string(), 2),
+        ("public.parted".to_string(), 3),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(counts, want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -359,17 +359,21 @@ impl SnapshotConn {
             quote_ident(&table.schema),
             quote_ident(&table.name)
         );
-        let sql = if cols.is_empty() {
-            // A table without columns: its rows are empty tuples.
-            format!(
-                "COPY (SELECT FROM ONLY {qualified} WHERE {}) TO STDOUT",
-                filter.unwrap_or("true")
-            )
-        } else if filter.is_none() && table.relkind == b'r' as i8 {
+        // ONLY: an inheritance parent's children are published (and read)
+        // on their own. A partitioned table (published via its root) holds
+        // no rows itself: it is read whole.
+        let only = if table.relkind == b'p' as i8 {
+            ""
+        } else {
+            "ONLY "
+        };
+        let sql = if filter.is_none() && table.relkind == b'r' as i8 && !cols.is_empty() {
+            // The fastest form; COPY of a table never includes children.
             format!("COPY {qualified} ({}) TO STDOUT", cols.join(", "))
         } else {
+            // (A table without columns: its rows are empty lines.)
             format!(
-                "COPY (SELECT {} FROM ONLY {qualified} WHERE ({})) TO STDOUT",
+                "COPY (SELECT {} FROM {only}{qualified} WHERE ({})) TO STDOUT",
                 cols.join(", "),
                 filter.unwrap_or("true")
             )

@@ -388,7 +388,12 @@ impl Session {
                 },
             );
             self.set_state(Some(SessionState::Streaming));
-            self.snapshot = Some(snapshot_phase::start(&self.ctx, req.tables));
+            // Read rules hook: pass the session's View::where_sql here.
+            self.snapshot = Some(snapshot_phase::start(
+                &self.ctx,
+                req.tables,
+                snapshot_phase::all_rows(),
+            ));
             return;
         }
         let log = &self.ctx.log;

@@ -96,13 +96,24 @@ pub(super) struct Catchup {
     pub passed: watch::Receiver<u64>,
 }
 
-/// Starts reading a snapshot of `tables` (empty: every published table) for
-/// one session.
-pub(super) fn start(ctx: &Arc<ServerCtx>, tables: Vec<String>) -> SnapshotPhase {
+/// Which rows of a table a session may read, as `View::where_sql` of the
+/// read rules answers: `None` = none (the table is left out: no Relation, no
+/// rows), `Some(sql)` = the rows where the SQL boolean expression `sql`
+/// holds (`"true"`: every row).
+pub type RowFilter = Box<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
+
+/// Every row of every table (no read rules).
+pub fn all_rows() -> RowFilter {
+    Box::new(|_, _| Some("true".to_owned()))
+}
+
+/// Starts reading a snapshot of `tables` (empty: every published table),
+/// narrowed by `filter`, for one session.
+pub(super) fn start(ctx: &Arc<ServerCtx>, tables: Vec<String>, filter: RowFilter) -> SnapshotPhase {
     let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
     let ctx = ctx.clone();
     let task = tokio::spawn(async move {
-        if let Err((code, message)) = read(&ctx, &tables, &tx).await {
+        if let Err((code, message)) = read(&ctx, &tables, &filter, &tx).await {
             let _ = tx.send(PhaseMsg::Failed { code, message }).await;
         }
     });
@@ -124,6 +135,7 @@ fn now_micros() -> i64 {
 async fn read(
     ctx: &Arc<ServerCtx>,
     tables: &[String],
+    filter: &RowFilter,
     tx: &mpsc::Sender<PhaseMsg>,
 ) -> Result<(), (ErrorCode, String)> {
     let internal = |e: SnapshotError| match e {
@@ -158,10 +170,19 @@ async fn read(
     })?;
     let (snapshot, wal_lsn) = conn.begin().await.map_err(internal)?;
     tracing::debug!(xmin = snapshot.xmin, xmax = snapshot.xmax, in_progress = snapshot.xip.len(), wal = %crate::pg::lsn::Lsn(wal_lsn), "snapshot taken");
-    let list = conn
+    let mut list = conn
         .tables(&ctx.config.publication, tables)
         .await
         .map_err(internal)?;
+    // Tables the session may not read are left out entirely.
+    let mut filters = Vec::with_capacity(list.len());
+    list.retain(|t| match filter(&t.schema, &t.name) {
+        Some(f) => {
+            filters.push(f);
+            true
+        }
+        None => false,
+    });
     let closed = |_| (ErrorCode::Internal, "session gone".to_owned());
     tx.send(PhaseMsg::Started {
         cursor: Box::new(cursor),
@@ -179,8 +200,9 @@ async fn read(
         .map_err(closed)?;
     }
     let mut rows = 0u64;
-    for t in &list {
-        rows += conn.copy_rows(t, None, tx).await.map_err(internal)?;
+    for (t, f) in list.iter().zip(&filters) {
+        let f = (f.trim() != "true").then_some(f.as_str());
+        rows += conn.copy_rows(t, f, tx).await.map_err(internal)?;
     }
     conn.finish().await.map_err(internal)?;
     drop(permit);

@@ -681,6 +681,15 @@ async fn reader_chooses_published_tables_and_refuses_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_snapshot_prints_rows_then_end_then_changes() {
+    tail_snapshot(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_snapshot_over_websocket() {
+    tail_snapshot(true).await;
+}
+
+async fn tail_snapshot(websocket: bool) {
     use std::io::{BufRead, BufReader};
     let (pg, _dir, p) = setup(
         "CREATE TABLE notes (id int PRIMARY KEY, body text);
@@ -691,7 +700,11 @@ async fn tail_snapshot_prints_rows_then_end_then_changes() {
         .args([
             "tail",
             "--url",
-            &format!("tcp://{}", p.tcp),
+            &if websocket {
+                format!("ws://{}/ws", p.ws)
+            } else {
+                format!("tcp://{}", p.tcp)
+            },
             "--token",
             &insecure_token("alice", 3600),
             "--snapshot",

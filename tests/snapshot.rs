@@ -759,3 +759,87 @@ async fn tail_snapshot(websocket: bool) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_or_stopped_snapshots_do_not_hold_anyone_up() {
+    let (pg, _dir, p) = setup(
+        "CREATE TABLE big (id int PRIMARY KEY, pad text);
+         INSERT INTO big SELECT g, repeat('y', 200) FROM generate_series(1, 100000) g;",
+    )
+    .await;
+    let db = pg.client().await;
+    // snapshot with a position: refused.
+    let mut bad = authed(&p).await;
+    bad.send(
+        3,
+        &pb::StartReplicationReq {
+            lsn: 5,
+            snapshot: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let f = bad.recv_timeout(T).await.expect("answer");
+    assert_eq!(
+        f.error().map(|e| e.code),
+        Some(pb::ErrorCode::InvalidRequest as i32)
+    );
+
+    // A client that stops reading mid-snapshot…
+    let mut stalled = authed(&p).await;
+    start_snapshot(&mut stalled).await;
+    loop {
+        let f = stalled.recv_timeout(T).await.expect("frame");
+        if f.ty == 12 {
+            break;
+        }
+    }
+    // …holds up neither a live session nor another snapshot.
+    let mut live = authed(&p).await;
+    live.start(0).await;
+    db.batch_execute("INSERT INTO big VALUES (0, 'live')")
+        .await
+        .expect("insert");
+    let mut r = TxnReader::default();
+    let mut got = Vec::new();
+    while got.is_empty() {
+        let f = live.recv_timeout(T).await.expect("live frame");
+        got.extend(r.feed(&f));
+    }
+    let mut other = authed(&p).await;
+    start_snapshot(&mut other).await;
+    let s = read_snapshot(&mut other).await;
+    assert_eq!(s.end.rows, 100_002, "big (with row 0) and users");
+
+    // StopReplicationReq mid-snapshot: StopReplicationResp, the snapshot
+    // connection closes, and a new snapshot can start on the same session.
+    let mut stopper = authed(&p).await;
+    start_snapshot(&mut stopper).await;
+    loop {
+        let f = stopper.recv_timeout(T).await.expect("frame");
+        if f.ty == 12 {
+            break;
+        }
+    }
+    stopper.send(5, &pb::StopReplicationReq {}).await;
+    loop {
+        let f = stopper.recv_timeout(T).await.expect("frame");
+        assert!(f.ty == 12 || f.ty == 6, "frame {} {:?}", f.ty, f.error());
+        if f.ty == 6 {
+            break;
+        }
+    }
+    drop(stalled);
+    assert!(
+        support::wait_until(T, || {
+            let db = &db;
+            async move { snapshot_backends(db).await == 0 }
+        })
+        .await,
+        "stopped and stalled snapshots closed their connections"
+    );
+    start_snapshot(&mut stopper).await;
+    let s = read_snapshot(&mut stopper).await;
+    assert_eq!(s.end.rows, 100_002);
+    assert_eq!(s.row_count(), 100_002);
+}

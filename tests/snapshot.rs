@@ -843,3 +843,36 @@ async fn stalled_or_stopped_snapshots_do_not_hold_anyone_up() {
     assert_eq!(s.end.rows, 100_002);
     assert_eq!(s.row_count(), 100_002);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_snapshots_are_limited_and_queue_for_a_permit() {
+    let (_pg, _dir, p) = setup(
+        "CREATE TABLE big (id int PRIMARY KEY, pad text);
+         INSERT INTO big SELECT g, repeat('z', 200) FROM generate_series(1, 100000) g;",
+    )
+    .await;
+    let limit = pgsat::rules::snapshot::MAX_CONCURRENT_SNAPSHOTS;
+    let mut stalled = Vec::new();
+    for _ in 0..limit {
+        let mut c = authed(&p).await;
+        start_snapshot(&mut c).await;
+        loop {
+            let f = c.recv_timeout(T).await.expect("frame");
+            if f.ty == 12 {
+                break;
+            }
+        }
+        stalled.push(c);
+    }
+    let mut waiting = authed(&p).await;
+    start_snapshot(&mut waiting).await;
+    // Every permit is held by a stalled client: nothing comes yet.
+    let early = tokio::time::timeout(Duration::from_millis(1500), waiting.recv()).await;
+    assert!(
+        early.is_err(),
+        "a snapshot beyond the limit started: {early:?}"
+    );
+    stalled.pop();
+    let s = read_snapshot(&mut waiting).await;
+    assert_eq!(s.end.rows, 100_001);
+}

@@ -13,6 +13,9 @@
 //!    window between a commit's WAL flush and its leaving the proc array, at
 //!    most just before; the lookback covers that window. Starting early is
 //!    always safe because delivery is decided per transaction below.
+//!    (Commit times are Postgres' clock, "now" is pgsat's: clocks that
+//!    disagree by more than LOOKBACK shrink the lookback towards none, which
+//!    only reopens that microsecond-wide window.)
 //! 2. The catch-up delivers a transaction (commit LSN ≤ `W`) iff the
 //!    snapshot did not see it ([`TxSnapshot::saw`] on `Begin.xid`), so each
 //!    change is either in the snapshot rows or delivered, never both.
@@ -27,6 +30,11 @@
 //!    the walsender moves past `W` and says so promptly.
 //! 4. Rows are queued before any catch-up OpLog, so a change always lands
 //!    on top of the snapshot row it changes.
+//!
+//! Merging with the read rules: `start` takes the request's `tables` and a
+//! [`RowFilter`] (the session's `View::where_sql`); catch-up transactions go
+//! through the session's normal per-transaction path (`Session::on_entry`),
+//! so the rules' stream filtering applies to them unchanged.
 //!
 //! Memory: the reader task fills a channel of [`CHANNEL_FRAMES`] frames of
 //! ≤ ~256 KiB; the session takes from it only while its socket queue is

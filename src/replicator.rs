@@ -166,6 +166,10 @@ impl Replicator {
                         ReplMessage::Keepalive { wal_end, reply_requested, .. } => {
                             tracing::trace!(wal_end = %Lsn(wal_end), reply_requested, "keepalive");
                             received = received.max(wal_end);
+                            // Everything the walsender sent before this
+                            // keepalive is appended: no commit ending at or
+                            // before wal_end can still come (snapshot sessions).
+                            self.log.set_passed(wal_end);
                             if !assembler.in_transaction() && self.log.durable_lsn() == self.log.end_lsn() {
                                 idle_end = idle_end.max(wal_end);
                             }

@@ -263,6 +263,9 @@ pub(crate) struct Shared {
     durable: watch::Sender<u64>,
     /// Bumped on every durable publication or health change.
     progress: watch::Sender<u64>,
+    /// WAL position the replication stream has passed: every transaction
+    /// whose commit ends at or before it is appended (see [`Log::set_passed`]).
+    passed: watch::Sender<u64>,
     #[cfg(test)]
     pub faults: Faults,
 }
@@ -445,6 +448,7 @@ impl Log {
             appended: watch::Sender::new(rec.next_index),
             durable: watch::Sender::new(rec.end_lsn),
             progress: watch::Sender::new(0),
+            passed: watch::Sender::new(0),
             #[cfg(test)]
             faults: Faults::default(),
             state: Mutex::new(st),
@@ -609,6 +613,46 @@ impl Log {
 
     pub fn watch_durable(&self) -> watch::Receiver<u64> {
         self.shared().durable.subscribe()
+    }
+
+    /// Called by the replication driver with the `wal_end` of a primary
+    /// keepalive (the walsender's sent position): every transaction whose
+    /// commit ends at or before `lsn` has been appended before this call.
+    /// Monotonic; used by snapshot sessions to know that no transaction at
+    /// or before a WAL position can still arrive on an idle server.
+    pub fn set_passed(&self, lsn: u64) {
+        self.shared().passed.send_if_modified(|v| {
+            let changed = lsn > *v;
+            if changed {
+                *v = lsn;
+            }
+            changed
+        });
+    }
+
+    /// The position given to [`Log::set_passed`] (0 before any).
+    pub fn passed_lsn(&self) -> u64 {
+        *self.shared().passed.borrow()
+    }
+
+    pub fn watch_passed(&self) -> watch::Receiver<u64> {
+        self.shared().passed.subscribe()
+    }
+
+    /// A position a little before the transactions committed at or after
+    /// `since_micros` (commit time, µs since the Unix epoch): the commit LSN
+    /// of the newest transaction in the window committed before it, else
+    /// `start_lsn()`. Never before `start_lsn()`, so a cursor opens there.
+    pub fn lsn_before_time(&self, since_micros: i64) -> u64 {
+        let s = self.shared();
+        let st = s.lock();
+        let i = st.window.txns.partition_point(|m| m.time < since_micros);
+        let lsn = if i == 0 {
+            st.start_lsn
+        } else {
+            st.window.txns[i - 1].lsn
+        };
+        lsn.max(st.start_lsn)
     }
 
     /// Every transaction with `commit_lsn > start_lsn()` is retained.

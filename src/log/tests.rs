@@ -637,3 +637,29 @@ async fn throughput_10k_txns_of_20k() {
         mb / el.as_secs_f64()
     );
 }
+
+#[tokio::test]
+async fn passed_is_monotonic_and_lsn_before_time_finds_older_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), &ident(), opts(1 << 30, 1 << 20, Some(4096))).unwrap();
+    log.set_start(100).unwrap();
+    let mut w = log.watch_passed();
+    assert_eq!(log.passed_lsn(), 0);
+    log.set_passed(500);
+    assert!(w.has_changed().unwrap());
+    w.borrow_and_update();
+    log.set_passed(400);
+    assert_eq!(log.passed_lsn(), 500);
+    assert!(!w.has_changed().unwrap());
+    let now = now_micros();
+    for (i, lsn) in [200u64, 300, 400].iter().enumerate() {
+        let mut t = txn(*lsn, &[], 10);
+        t.commit_time = now - 30_000_000 + i as i64 * 10_000_000; // -30 s, -20 s, -10 s
+        assert!(log.append_txn(t).unwrap());
+    }
+    assert_eq!(log.lsn_before_time(now - 40_000_000), 100); // before all: start
+    assert_eq!(log.lsn_before_time(now - 25_000_000), 200);
+    assert_eq!(log.lsn_before_time(now - 15_000_000), 300);
+    assert_eq!(log.lsn_before_time(now), 400);
+    log.close();
+}

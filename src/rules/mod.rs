@@ -1,1 +1,4 @@
-//! Read rules (protocol 1.1). Not implemented yet.
+//! Read rules (protocol 1.1): not implemented yet; `snapshot` is the
+//! initial-sync reader.
+
+pub mod snapshot;

@@ -13,6 +13,7 @@
 pub mod listener;
 pub mod registry;
 pub mod session;
+pub mod snapshot_phase;
 pub mod transport;
 
 use std::net::SocketAddr;

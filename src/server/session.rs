@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::time::{sleep_until, Sleep};
 
+use super::snapshot_phase::{self, Catchup, PhaseMsg, SnapshotPhase};
 use super::transport::{Incoming, OutQueue, Reader, Writer};
 use super::ServerCtx;
 use crate::auth::Principal;
@@ -33,6 +34,7 @@ use crate::protocol::message::ClientMessage;
 use crate::protocol::msg_type::MsgType;
 use crate::protocol::pb;
 use crate::protocol::pb::ErrorCode;
+use crate::rules::snapshot::SnapshotItem;
 
 /// Queue size above which the session stops pulling from its cursor until the
 /// socket drains.
@@ -61,6 +63,10 @@ struct Session {
     /// Relation frames this session has sent, by relation id.
     sent_relations: HashMap<u32, Bytes>,
     stream: Option<Stream>,
+    /// Initial sync, rows part: the reader task (protocol 1.1).
+    snapshot: Option<SnapshotPhase>,
+    /// Initial sync, catch-up part: filters the stream until SnapshotEnd.
+    catchup: Option<Catchup>,
     /// Set when the token expired: the stream is paused until a refresh.
     paused_until: Option<Instant>,
     expiry: Option<Pin<Box<Sleep>>>,
@@ -81,6 +87,8 @@ pub async fn run(ctx: Arc<ServerCtx>, mut reader: Reader, writer: Writer, peer: 
         principal: None,
         sent_relations: HashMap::new(),
         stream: None,
+        snapshot: None,
+        catchup: None,
         paused_until: None,
         expiry: None,
         closing: None,
@@ -268,6 +276,12 @@ impl Session {
                         }
                     }
                 }
+                msg = next_snapshot_msg(&mut self.snapshot), if self.snapshot.is_some() && !paused && self.out.len_bytes() < QUEUE_HIGH_WATER => {
+                    self.on_snapshot_msg(msg);
+                }
+                _ = wait_passed(&mut self.catchup) => {
+                    self.check_snapshot_end();
+                }
                 _ = lag_check.tick(), if blocked => {
                     self.check_lag();
                 }
@@ -298,7 +312,9 @@ impl Session {
             ClientMessage::Auth(req) => self.on_refresh(req).await,
             ClientMessage::StartReplication(req) => self.on_start(req),
             ClientMessage::StopReplication => {
-                if self.stream.take().is_some() {
+                let snapshot = self.snapshot.take().is_some();
+                self.catchup = None;
+                if self.stream.take().is_some() || snapshot {
                     self.set_state_unless_paused(SessionState::Authenticating);
                     self.push(MsgType::StopReplicationResp, &pb::StopReplicationResp {});
                 } else {
@@ -355,18 +371,43 @@ impl Session {
 
     /// Step 2: StartReplicationReq.
     fn on_start(&mut self, req: pb::StartReplicationReq) {
-        if self.stream.is_some() {
+        if self.stream.is_some() || self.snapshot.is_some() {
             self.push_error(
                 ErrorCode::ReplicationAlreadyStarted,
                 "replication is already started on this session".into(),
             );
             return;
         }
-        if req.snapshot || !req.tables.is_empty() {
+        if !req.tables.is_empty() {
             self.fail(
                 ErrorCode::InvalidRequest,
-                "tables and snapshot (protocol 1.1) are not supported by this server yet".into(),
+                "tables (protocol 1.1) are not supported by this server yet".into(),
             );
+            return;
+        }
+        if req.snapshot {
+            if req.lsn != 0 {
+                self.fail(
+                    ErrorCode::InvalidRequest,
+                    "a snapshot starts from nothing: send lsn = 0 with snapshot = true".into(),
+                );
+                return;
+            }
+            // No resumable position until SnapshotEnd: lsn 0.
+            self.push(
+                MsgType::StartReplicationResp,
+                &pb::StartReplicationResp {
+                    lsn: 0,
+                    view_id: String::new(),
+                },
+            );
+            self.set_state(Some(SessionState::Streaming));
+            // Read rules hook: pass the session's View::where_sql here.
+            self.snapshot = Some(snapshot_phase::start(
+                &self.ctx,
+                req.tables,
+                snapshot_phase::all_rows(),
+            ));
             return;
         }
         let log = &self.ctx.log;
@@ -405,14 +446,26 @@ impl Session {
     }
 
     fn on_entry(&mut self, entry: Entry) {
-        let Some(stream) = self.stream.as_mut() else {
-            return;
-        };
         match entry {
             Entry::Relation(rel) => {
-                stream.in_force.insert(rel.relation_id, rel.frame.clone());
+                if let Some(stream) = self.stream.as_mut() {
+                    stream.in_force.insert(rel.relation_id, rel.frame.clone());
+                }
             }
             Entry::Txn(txn) => {
+                if let Some(c) = &self.catchup {
+                    if txn.commit_lsn > c.wal_lsn {
+                        // Everything from here on is unseen by the snapshot.
+                        self.end_snapshot();
+                    } else if c.snapshot.saw(txn.xid) {
+                        // Already in the snapshot rows.
+                        self.check_snapshot_end();
+                        return;
+                    }
+                }
+                let Some(stream) = self.stream.as_mut() else {
+                    return;
+                };
                 for rel_id in &txn.relation_ids {
                     let Some(def) = stream.in_force.get(rel_id) else {
                         continue;
@@ -427,9 +480,94 @@ impl Session {
                 self.out.push(txn.frames.clone());
                 let frames = crate::protocol::frame::split_frames(&txn.frames).count();
                 self.count_sent(frames as u64, txn.frames.len());
+                self.check_snapshot_end();
                 self.check_lag();
             }
         }
+    }
+
+    /// Initial sync: one message from the reader task.
+    fn on_snapshot_msg(&mut self, msg: Option<PhaseMsg>) {
+        let Some(phase) = self.snapshot.as_mut() else {
+            return;
+        };
+        match msg {
+            Some(PhaseMsg::Started {
+                cursor,
+                snapshot,
+                wal_lsn,
+            }) => phase.started = Some((cursor, snapshot, wal_lsn)),
+            Some(PhaseMsg::Item(SnapshotItem::Relation { relation_id, frame })) => {
+                self.sent_relations.insert(relation_id, frame.clone());
+                self.count_sent(1, frame.len());
+                self.out.push(frame);
+            }
+            Some(PhaseMsg::Item(SnapshotItem::Rows { frame, rows })) => {
+                phase.rows += rows;
+                self.count_sent(1, frame.len());
+                self.out.push(frame);
+            }
+            Some(PhaseMsg::Done { rows }) => {
+                let started = phase.started.take();
+                self.snapshot = None;
+                let Some((cursor, snapshot, wal_lsn)) = started else {
+                    self.fail(
+                        ErrorCode::Internal,
+                        "snapshot ended before it started".into(),
+                    );
+                    return;
+                };
+                self.stream = Some(Stream {
+                    cursor: *cursor,
+                    in_force: HashMap::new(),
+                    live: false,
+                });
+                self.catchup = Some(Catchup {
+                    snapshot,
+                    wal_lsn,
+                    rows,
+                    passed: self.ctx.log.watch_passed(),
+                });
+                self.check_snapshot_end();
+            }
+            Some(PhaseMsg::Failed { code, message }) => {
+                self.fail(code, format!("snapshot failed: {message}"));
+            }
+            None => {
+                self.fail(ErrorCode::Internal, "snapshot reader stopped".into());
+            }
+        }
+    }
+
+    /// Sends SnapshotEnd once no transaction at or before the snapshot's
+    /// WAL position can still come: the cursor is past it, or the
+    /// replication stream has passed it and the cursor holds all of the log.
+    fn check_snapshot_end(&mut self) {
+        let (Some(c), Some(stream)) = (&self.catchup, &self.stream) else {
+            return;
+        };
+        // `passed` first: once it is ≥ W every commit ≤ W is in the log, so
+        // an end read after it covers them all.
+        let passed = self.ctx.log.passed_lsn();
+        let end = self.ctx.log.end_lsn();
+        let at = stream.cursor.lsn();
+        if at >= c.wal_lsn || (passed >= c.wal_lsn && at >= end) {
+            self.end_snapshot();
+        }
+    }
+
+    fn end_snapshot(&mut self) {
+        let Some(c) = self.catchup.take() else {
+            return;
+        };
+        self.push(
+            MsgType::SnapshotEnd,
+            &pb::SnapshotEnd {
+                lsn: c.wal_lsn,
+                rows: c.rows,
+                view_id: String::new(),
+            },
+        );
     }
 
     fn check_lag(&mut self) {
@@ -491,6 +629,8 @@ impl Session {
     fn fail(&mut self, code: ErrorCode, message: String) -> CloseReason {
         // A fatal error stops the stream at once: nothing after it.
         self.stream = None;
+        self.snapshot = None;
+        self.catchup = None;
         self.push_error(code, message);
         let reason = CloseReason::Error(code);
         self.closing = Some(reason);
@@ -501,6 +641,26 @@ impl Session {
 async fn next_entry(stream: &mut Option<Stream>) -> Result<Entry, LogError> {
     match stream {
         Some(s) => s.cursor.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_snapshot_msg(phase: &mut Option<SnapshotPhase>) -> Option<PhaseMsg> {
+    match phase {
+        Some(p) => p.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the replication stream reports a new passed position
+/// during a catch-up.
+async fn wait_passed(catchup: &mut Option<Catchup>) {
+    match catchup {
+        Some(c) => {
+            if c.passed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
         None => std::future::pending().await,
     }
 }

@@ -119,6 +119,7 @@ fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> Exit
     };
     match rt.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if crate::server::is_config_error(&e) => usage_error(&e),
         Err(e) => {
             eprintln!("pgsat: {e:#}");
             ExitCode::FAILURE

@@ -33,6 +33,7 @@ use crate::protocol::message::ClientMessage;
 use crate::protocol::msg_type::MsgType;
 use crate::protocol::pb;
 use crate::protocol::pb::ErrorCode;
+use crate::rules::{RelFilter, Subscription, View};
 
 /// Queue size above which the session stops pulling from its cursor until the
 /// socket drains.
@@ -50,6 +51,20 @@ struct Stream {
     /// is live and falling behind again is SLOW_CONSUMER. A client catching up
     /// from far back reads at its own pace from disk until then.
     live: bool,
+    /// Read rules and/or a table subscription; `None`: every transaction
+    /// goes out as stored (version 1).
+    filter: Option<StreamFilter>,
+}
+
+/// How a filtered session's transactions are chosen (see rules::filter).
+struct StreamFilter {
+    view: Arc<View>,
+    sub: Subscription,
+    /// view_id + subscription: sessions with the same key share filtered
+    /// transactions through `ServerCtx::filter_cache`.
+    key: Arc<str>,
+    /// What this session does with each relation in force.
+    rels: HashMap<u32, Arc<RelFilter>>,
 }
 
 struct Session {
@@ -58,6 +73,8 @@ struct Session {
     writer: Writer,
     out: OutQueue,
     principal: Option<Principal>,
+    /// What the session may read (from the first token's claims).
+    view: Arc<View>,
     /// Relation frames this session has sent, by relation id.
     sent_relations: HashMap<u32, Bytes>,
     stream: Option<Stream>,
@@ -79,6 +96,7 @@ pub async fn run(ctx: Arc<ServerCtx>, mut reader: Reader, writer: Writer, peer: 
         writer,
         out: OutQueue::default(),
         principal: None,
+        view: Arc::new(View::unrestricted()),
         sent_relations: HashMap::new(),
         stream: None,
         paused_until: None,
@@ -171,6 +189,9 @@ impl Session {
             Ok(principal) => {
                 self.ctx.metrics.auth_attempt(AuthResult::Ok);
                 let registration = self.ctx.registry.register(&principal.user_id);
+                if let Some(rules) = &self.ctx.rules {
+                    self.view = Arc::new(View::new(rules, &principal.claims));
+                }
                 self.accept_principal(req.id, principal);
                 Ok(registration)
             }
@@ -284,7 +305,7 @@ impl Session {
         };
         match msg {
             ClientMessage::Auth(req) => self.on_refresh(req).await,
-            ClientMessage::StartReplication(req) => self.on_start(req),
+            ClientMessage::StartReplication(req) => self.on_start(req).await,
             ClientMessage::StopReplication => {
                 if self.stream.take().is_some() {
                     self.set_state(Some(SessionState::Authenticating));
@@ -328,6 +349,15 @@ impl Session {
             );
             return;
         }
+        if let (Some(rules), Some(old)) = (&self.ctx.rules, &self.principal) {
+            if !rules.same_used_claims(&old.claims, &principal.claims) {
+                self.fail(
+                    ErrorCode::ResyncRequired,
+                    "token refresh changed a claim the read rules use: what this session may read changed; discard your copy and start again with a snapshot".into(),
+                );
+                return;
+            }
+        }
         if self.paused_until.take().is_some() {
             let state = if self.stream.is_some() {
                 SessionState::Streaming
@@ -340,7 +370,7 @@ impl Session {
     }
 
     /// Step 2: StartReplicationReq.
-    fn on_start(&mut self, req: pb::StartReplicationReq) {
+    async fn on_start(&mut self, req: pb::StartReplicationReq) {
         if self.stream.is_some() {
             self.push_error(
                 ErrorCode::ReplicationAlreadyStarted,
@@ -348,13 +378,27 @@ impl Session {
             );
             return;
         }
-        if req.snapshot || !req.tables.is_empty() {
+        if req.snapshot {
             self.fail(
                 ErrorCode::InvalidRequest,
-                "tables and snapshot (protocol 1.1) are not supported by this server yet".into(),
+                "snapshot (protocol 1.1) is not supported by this server yet".into(),
             );
             return;
         }
+        if !req.view_id.is_empty() && req.view_id != self.view.id() {
+            self.fail(
+                ErrorCode::ResyncRequired,
+                format!(
+                    "view_id {:?} is not this session's view ({:?}): the read rules or your claims changed; discard your copy and start again with a snapshot",
+                    req.view_id,
+                    self.view.id()
+                ),
+            );
+            return;
+        }
+        let Some(filter) = self.stream_filter(&req.tables).await else {
+            return;
+        };
         let log = &self.ctx.log;
         let after = if req.lsn == 0 { log.end_lsn() } else { req.lsn };
         match log.cursor(after) {
@@ -363,13 +407,14 @@ impl Session {
                     cursor,
                     in_force: HashMap::new(),
                     live: false,
+                    filter,
                 });
                 self.set_state(Some(SessionState::Streaming));
                 self.push(
                     MsgType::StartReplicationResp,
                     &pb::StartReplicationResp {
                         lsn: after,
-                        view_id: String::new(),
+                        view_id: self.view.id().to_string(),
                     },
                 );
             }
@@ -397,9 +442,33 @@ impl Session {
         match entry {
             Entry::Relation(rel) => {
                 stream.in_force.insert(rel.relation_id, rel.frame.clone());
+                if let Some(f) = stream.filter.as_mut() {
+                    match RelFilter::from_frame(&rel.frame, &f.view, &f.sub) {
+                        Some(r) => f.rels.insert(rel.relation_id, Arc::new(r)),
+                        None => f.rels.remove(&rel.relation_id),
+                    };
+                }
             }
             Entry::Txn(txn) => {
-                for rel_id in &txn.relation_ids {
+                let filtered = stream.filter.as_ref().map(|f| {
+                    self.ctx
+                        .filter_cache
+                        .get(&txn, &f.key, &|id| f.rels.get(&id).cloned())
+                });
+                let (relation_ids, frames, frame_count) = match &filtered {
+                    None => (
+                        &txn.relation_ids,
+                        txn.frames.clone(),
+                        crate::protocol::frame::split_frames(&txn.frames).count(),
+                    ),
+                    // Nothing readable: nothing sent; the position still
+                    // moves past it (PingResp.lsn, the next Commit).
+                    Some(f) => match &f.frames {
+                        None => return,
+                        Some(b) => (&f.relation_ids, b.clone(), f.frame_count),
+                    },
+                };
+                for rel_id in relation_ids {
                     let Some(def) = stream.in_force.get(rel_id) else {
                         continue;
                     };
@@ -410,12 +479,61 @@ impl Session {
                         self.ctx.metrics.sent_bytes.inc_by(def.len() as u64);
                     }
                 }
-                self.out.push(txn.frames.clone());
-                let frames = crate::protocol::frame::split_frames(&txn.frames).count();
-                self.count_sent(frames as u64, txn.frames.len());
+                let len = frames.len();
+                self.out.push(frames);
+                self.count_sent(frame_count as u64, len);
                 self.check_lag();
             }
         }
+    }
+
+    /// The filter for a stream of `tables` (empty: every readable table),
+    /// or `None` after failing the session with TABLE_NOT_READABLE.
+    async fn stream_filter(&mut self, tables: &[String]) -> Option<Option<StreamFilter>> {
+        let sub = match Subscription::from_names(tables) {
+            Ok(s) => s,
+            Err(name) => {
+                self.fail(
+                    ErrorCode::TableNotReadable,
+                    format!("table {name:?} is not `schema.table` or `table`"),
+                );
+                return None;
+            }
+        };
+        for (schema, table) in sub.names() {
+            let published = match self.ctx.published.contains(&schema, &table).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.fail(
+                        ErrorCode::Internal,
+                        format!("cannot check the publication: {e}"),
+                    );
+                    return None;
+                }
+            };
+            if !published || !self.view.readable(&schema, &table) {
+                let why = if published {
+                    "not readable under the read rules"
+                } else {
+                    "not published"
+                };
+                self.fail(
+                    ErrorCode::TableNotReadable,
+                    format!("table {schema}.{table} is {why}"),
+                );
+                return None;
+            }
+        }
+        if !self.view.is_restricted() && sub.is_all() {
+            return Some(None);
+        }
+        let key: Arc<str> = Arc::from(format!("{}|{}", self.view.id(), sub.key()));
+        Some(Some(StreamFilter {
+            view: self.view.clone(),
+            sub,
+            key,
+            rels: HashMap::new(),
+        }))
     }
 
     fn check_lag(&mut self) {

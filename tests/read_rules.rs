@@ -37,6 +37,13 @@ fn token(user: &str, extra: Value) -> String {
     format!("{header}.{}.", b64.encode(claims.to_string()))
 }
 
+/// A fresh directory `name` under `dir`.
+fn subdir(dir: &Path, name: &str) -> std::path::PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
+
 fn write_rules(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("rules file");
@@ -107,7 +114,10 @@ fn table_of(r: &TxnReader, id: u32) -> String {
 }
 
 /// (table, op, cells) of a transaction's row ops.
-fn rows(r: &TxnReader, t: &Txn) -> Vec<(String, &'static str, Vec<Option<String>>)> {
+/// (table, op, cells).
+type RowOp = (String, &'static str, Vec<Option<String>>);
+
+fn rows(r: &TxnReader, t: &Txn) -> Vec<RowOp> {
     let mut out = Vec::new();
     for op in &t.ops {
         let (rel, what, row) = match op {
@@ -178,7 +188,7 @@ async fn setup(rules: &str) -> (PgServer, tempfile::TempDir, Pgsat, String) {
         .expect("schema");
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_rules(dir.path(), "rules.toml", rules);
-    let p = Pgsat::start(&pg, &dir.path().join("data"), &[("RULES_FILE", &path)]);
+    let p = Pgsat::start(&pg, &subdir(dir.path(), "data"), &[("RULES_FILE", &path)]);
     (pg, dir, p, path)
 }
 
@@ -245,7 +255,7 @@ async fn who_gets_what() {
     }
 
     // Everyone reads `news` (a `true` rule): wait for the last insert.
-    let mut got: Vec<Vec<(String, &'static str, Vec<Option<String>>)>> = Vec::new();
+    let mut got: Vec<Vec<RowOp>> = Vec::new();
     let mut txn_counts = Vec::new();
     for (c, r) in clients.iter_mut() {
         let mut seen = Vec::new();
@@ -266,7 +276,7 @@ async fn who_gets_what() {
                 break;
             }
         }
-        for (_, rel) in &r.relations {
+        for rel in r.relations.values() {
             assert_ne!(
                 rel.table, "secrets",
                 "a Relation of an unreadable table was sent"
@@ -616,7 +626,7 @@ async fn startup_errors() {
         let path = write_rules(dir.path(), "bad.toml", text);
         let (code, err) = run_to_exit(
             &pg,
-            &dir.path().join(format!("d{i}")),
+            &subdir(dir.path(), &format!("d{i}")),
             &[("RULES_FILE", &path)],
         );
         assert_eq!(code, Some(2), "case {i}: {err}");
@@ -633,10 +643,10 @@ async fn startup_errors() {
         "ok.toml",
         "[[table]]\nname = \"secrets\"\nread = \"id = auth.n OR true\"\n[[table]]\nname = \"keyed\"\nread = \"owner = auth.user_id AND k = 1\"\n",
     );
-    let p = Pgsat::start(&pg, &dir.path().join("ok"), &[("RULES_FILE", &ok)]);
+    let p = Pgsat::start(&pg, &subdir(dir.path(), "ok"), &[("RULES_FILE", &ok)]);
     assert!(p.metrics().contains("pgsat_read_rules_enabled 1"));
     drop(p);
-    let p = Pgsat::start(&pg, &dir.path().join("none"), &[]);
+    let p = Pgsat::start(&pg, &subdir(dir.path(), "none"), &[]);
     assert!(p.metrics().contains("pgsat_read_rules_enabled 0"));
     assert!(
         p.output().contains("RULES_FILE is not set"),
@@ -813,7 +823,7 @@ async fn random_workload() {
         "rules.toml",
         "[[table]]\nname = \"items\"\nread = \"owner = auth.user_id OR team IN auth.teams\"\n",
     );
-    let p = Pgsat::start(&pg, &dir.path().join("data"), &[("RULES_FILE", &rules)]);
+    let p = Pgsat::start(&pg, &subdir(dir.path(), "data"), &[("RULES_FILE", &rules)]);
 
     let teams_of = |i: usize| -> Vec<String> {
         match i % 4 {

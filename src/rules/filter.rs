@@ -5,7 +5,9 @@
 //! the table; nothing of a relation the session does not get.
 //!
 //! Sharing: the ops of a transaction are located once per transaction
-//! ([`ParsedTxn`], cached by commit LSN), and the filtered frames once per
+//! ([`ParsedTxn`] + value indexes, [`TxnIndex`], cached by commit LSN); a
+//! view evaluates only the ops the indexes route to it; the filtered frames
+//! are built once per
 //! (commit LSN, view_id, subscription) in [`FilterCache`], so sessions with
 //! the same view share the bytes and the work. Kept ops are copied from the
 //! stored bytes; a transaction whose every op is kept as is is the stored
@@ -16,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::route::TxnIndex;
 use super::view::{Pred, View};
 use super::wire::{
     assemble, parse_txn, row_op, truncate_op, Cell, OpKind, OutOp, ParsedTxn, RowRef, DELETE_KEY,
@@ -124,6 +127,11 @@ impl RelFilter {
         })
     }
 
+    /// Position of column `name` in the rows.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().find(|(n, _)| n == name).map(|c| c.1)
+    }
+
     /// Whether the rule accepts `row` (a row of this relation). Unchanged
     /// TOAST cells and columns beyond the row count as NULL.
     fn accepts(&self, frames: &[u8], row: &RowRef) -> bool {
@@ -131,7 +139,7 @@ impl RelFilter {
             return false;
         };
         pred.eval(&|col: &str| {
-            let i = self.columns.iter().find(|(n, _)| n == col)?.1;
+            let i = self.column_index(col)?;
             match row.cells.get(i)? {
                 Cell::Text(r) => frames.get(r.clone()),
                 Cell::Null | Cell::Unchanged => None,
@@ -158,10 +166,22 @@ pub fn filter(
     p: &ParsedTxn,
     rels: &dyn Fn(u32) -> Option<Arc<RelFilter>>,
 ) -> Filtered {
+    let all: Vec<usize> = (0..p.ops.len()).collect();
+    filter_ops(txn, p, rels, &all)
+}
+
+/// [`filter`] over the ops at positions `only` (sorted): every other op is
+/// known not to be readable (see [`super::route`]).
+pub fn filter_ops(
+    txn: &TxnEntry,
+    p: &ParsedTxn,
+    rels: &dyn Fn(u32) -> Option<Arc<RelFilter>>,
+    only: &[usize],
+) -> Filtered {
     let buf: &[u8] = &p.frames;
-    let mut out: Vec<OutOp> = Vec::with_capacity(p.ops.len());
+    let mut out: Vec<OutOp> = Vec::with_capacity(only.len());
     let mut relation_ids: Vec<u32> = Vec::new();
-    let mut unchanged = true;
+    let mut unchanged = only.len() == p.ops.len();
     let mut last: Option<(u32, Option<Arc<RelFilter>>)> = None;
     let mut rel_of = |id: u32| -> Option<Arc<RelFilter>> {
         match &last {
@@ -173,7 +193,7 @@ pub fn filter(
             }
         }
     };
-    for op in &p.ops {
+    for op in only.iter().filter_map(|&i| p.ops.get(i)) {
         match op.kind {
             OpKind::Truncate => {
                 let kept: Vec<u32> = op
@@ -309,7 +329,7 @@ type FilterKey = (u64, Arc<str>);
 /// transactions by (commit LSN, view key). Bounded by entry counts; a miss
 /// only costs recomputation.
 pub struct FilterCache {
-    parsed: Mutex<Bounded<u64, Arc<ParsedTxn>>>,
+    parsed: Mutex<Bounded<u64, Arc<TxnIndex>>>,
     filtered: Mutex<Bounded<FilterKey, Arc<Filtered>>>,
 }
 
@@ -342,7 +362,7 @@ impl FilterCache {
             Some(p) => p,
             None => match parse_txn(&txn.frames) {
                 Ok(p) => {
-                    let p = Arc::new(p);
+                    let p = Arc::new(TxnIndex::new(p));
                     lock(&self.parsed).insert(txn.commit_lsn, p.clone());
                     p
                 }
@@ -356,7 +376,8 @@ impl FilterCache {
                 }
             },
         };
-        let f = Arc::new(filter(txn, &parsed, rels));
+        let only = parsed.candidates(rels);
+        let f = Arc::new(filter_ops(txn, &parsed.parsed, rels, &only));
         lock(&self.filtered).insert(fk, f.clone());
         f
     }

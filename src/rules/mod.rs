@@ -20,6 +20,7 @@ pub mod expr;
 pub mod file;
 pub mod filter;
 pub mod hash;
+pub mod route;
 pub mod view;
 pub mod wire;
 

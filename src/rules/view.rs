@@ -164,11 +164,7 @@ impl Pred {
 
     fn collect_columns<'a>(&'a self, out: &mut Vec<&'a str>) {
         match self {
-            Pred::Match { column, .. } => {
-                if !out.contains(&column.as_str()) {
-                    out.push(column);
-                }
-            }
+            Pred::Match { column, .. } if !out.contains(&column.as_str()) => out.push(column),
             Pred::And(v) | Pred::Or(v) => v.iter().for_each(|p| p.collect_columns(out)),
             _ => {}
         }
@@ -215,7 +211,7 @@ impl View {
             );
         }
         let mut key = String::new();
-        let _ = write!(key, "{}\n", rules.version);
+        let _ = writeln!(key, "{}", rules.version);
         for path in rules.used_claims() {
             let v = claims::lookup(claims, &path)
                 .map(|v| v.to_string())

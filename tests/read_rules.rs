@@ -641,11 +641,57 @@ async fn startup_errors() {
     let ok = write_rules(
         dir.path(),
         "ok.toml",
-        "[[table]]\nname = \"secrets\"\nread = \"id = auth.n OR true\"\n[[table]]\nname = \"keyed\"\nread = \"owner = auth.user_id AND k = 1\"\n",
+        "[[table]]\nname = \"secrets\"\nread = \"id = auth.n OR true\"\n[[table]]\nname = \"keyed\"\nread = \"owner = auth.user_id AND k = auth.org.k\"\n",
     );
-    let p = Pgsat::start(&pg, &subdir(dir.path(), "ok"), &[("RULES_FILE", &ok)]);
+    // Claims under AUTH_JWT_NAMESPACE, a dotted claim path.
+    let ns = "https://example.com/jwt";
+    let p = Pgsat::start(
+        &pg,
+        &subdir(dir.path(), "ok"),
+        &[("RULES_FILE", &ok), ("AUTH_JWT_NAMESPACE", ns)],
+    );
     assert!(p.metrics().contains("pgsat_read_rules_enabled 1"));
+    let tok = token(
+        "ignored",
+        json!({ns: {"user_id": "alice", "org": {"k": 2}}}),
+    );
+    let mut c = connect(&p, &tok).await;
+    start_req(&mut c, pb::StartReplicationReq::default())
+        .await
+        .expect("start");
+    let db = pg.client().await;
+    db.batch_execute(
+        "INSERT INTO keyed VALUES ('alice', 1, 'a'), ('alice', 2, 'b'), ('bob', 2, 'c')",
+    )
+    .await
+    .expect("insert");
+    db.batch_execute("INSERT INTO secrets VALUES (7, 'x')")
+        .await
+        .expect("insert");
+    let mut r = TxnReader::default();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let f = c.recv_timeout(T).await.expect("frame");
+        assert!(f.ty == 9 || f.ty == 10, "{:?}", f.error());
+        seen.extend(r.feed(&f));
+    }
+    let s = |v: &str| Some(v.to_string());
+    let got: Vec<RowOp> = seen.iter().flat_map(|t| rows(&r, t)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "keyed".to_string(),
+                "insert",
+                vec![s("alice"), s("2"), s("b")]
+            ),
+            ("secrets".to_string(), "insert", vec![s("7"), s("x")]),
+        ]
+    );
     drop(p);
+
+    // Without RULES_FILE: a warning, gauge 0, every row; `tables` still
+    // limits the stream, and an unpublished name is TABLE_NOT_READABLE.
     let p = Pgsat::start(&pg, &subdir(dir.path(), "none"), &[]);
     assert!(p.metrics().contains("pgsat_read_rules_enabled 0"));
     assert!(
@@ -653,6 +699,38 @@ async fn startup_errors() {
         "{}",
         p.output()
     );
+    let mut c = connect(&p, &token("bob", json!({}))).await;
+    let resp = start_req(
+        &mut c,
+        pb::StartReplicationReq {
+            tables: vec!["public.news".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("start on news");
+    assert_eq!(resp.view_id, "");
+    db.batch_execute("INSERT INTO secrets VALUES (8, 'y'); INSERT INTO news VALUES (1, 'n')")
+        .await
+        .expect("insert");
+    let mut r = TxnReader::default();
+    let t = read_until(&mut c, &mut r, 1).await;
+    assert_eq!(
+        rows(&r, &t[0]),
+        vec![("news".to_string(), "insert", vec![s("1"), s("n")])]
+    );
+    assert_eq!(r.relations.len(), 1);
+    let mut c = connect(&p, &token("bob", json!({}))).await;
+    let e = start_req(
+        &mut c,
+        pb::StartReplicationReq {
+            tables: vec!["nope".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("unpublished");
+    assert_eq!(e.code, pb::ErrorCode::TableNotReadable as i32);
 }
 
 /// One client of the random workload: its replica, what it may read.

@@ -431,6 +431,22 @@ async fn wait_for_signal() {
 mod tests {
     use super::*;
 
+    /// The demo rules parse, list the demo tables, and give alice and bob
+    /// (same team) different views.
+    #[test]
+    fn demo_rules_parse() {
+        let rules = crate::rules::Rules::from_file(
+            crate::rules::RulesFile::parse("sql/rules.toml", DEMO_RULES).expect("demo rules"),
+        );
+        let names: Vec<String> = rules.file.tables.iter().map(|t| t.qualified()).collect();
+        assert_eq!(names, ["public.todo_lists", "public.todos", "public.users"]);
+        let view = |u: &str| {
+            let claims = serde_json::json!({"user_id": u, "team_id": demo_team(u)});
+            crate::rules::View::new(&rules, &claims)
+        };
+        assert_ne!(view("alice").id(), view("bob").id());
+    }
+
     /// The embedded list is exactly the `.sql` files of `sql/`, in name order.
     #[test]
     fn embedded_sql_matches_the_directory() {

@@ -1067,3 +1067,65 @@ async fn random_workload() {
         .sum();
     assert!(resumed > 0, "some clients resumed");
 }
+
+/// `View::where_sql` (for snapshots) selects in Postgres exactly the rows
+/// the stream's rule accepts: booleans as `t`/`f`, numbers in JSON form,
+/// NULL matching nothing, unicode, quotes and backslashes in claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_sql_matches_the_rules() {
+    use pgsat::rules::{Rules, RulesFile, View};
+    let pg = PgServer::start();
+    let db = pg.client().await;
+    db.batch_execute(SCHEMA).await.expect("schema");
+    db.batch_execute(
+        "INSERT INTO projects VALUES (10, 'red', false), (11, '7', NULL), (12, NULL, true), (13, 'blue', NULL), (14, NULL, false), (15, 'o''q\\z', false);
+         INSERT INTO levels VALUES (1, 3), (2, NULL), (3, 4);
+         INSERT INTO todos VALUES (1, 'zoë 🚀', 'x'), (2, NULL, 'y'), (3, 'alice', 'z');
+         INSERT INTO keyed VALUES ('alice', 1, 'a'), ('alice', 3, 'b'), ('bob', 2, 'c');",
+    )
+    .await
+    .expect("rows");
+    let rules = Rules::from_file(RulesFile::parse("rules.toml", RULES).expect("rules"));
+    let ids = |claims: Value, table: &'static str| {
+        let db = &db;
+        let view = View::new(&rules, &claims);
+        async move {
+            let cond = view.where_sql("public", table).expect("readable");
+            let key = if table == "keyed" { "k" } else { "id" };
+            let sql = format!("SELECT {key}::text FROM public.{table} WHERE {cond} ORDER BY 1");
+            let rows = db
+                .query(sql.as_str(), &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            rows.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<String>>()
+        }
+    };
+    let alice = json!({"user_id": "alice", "teams": ["red", 7, "o'q\\z"], "level": 3});
+    let bob = json!({"user_id": "bob", "teams": "red", "level": "3"});
+    let carol = json!({"user_id": "carol", "level": {"n": 3}});
+    let zoe = json!({"user_id": "zoë 🚀", "teams": ["blue"], "level": 3.5});
+    assert_eq!(
+        ids(alice.clone(), "projects").await,
+        ["10", "11", "12", "15"]
+    );
+    assert_eq!(ids(bob.clone(), "projects").await, ["12"]);
+    assert_eq!(ids(carol.clone(), "projects").await, ["12"]);
+    assert_eq!(ids(zoe.clone(), "projects").await, ["12", "13"]);
+    assert_eq!(ids(alice.clone(), "levels").await, ["1"]);
+    assert_eq!(ids(bob.clone(), "levels").await, ["1"]);
+    assert!(ids(carol.clone(), "levels").await.is_empty());
+    assert!(ids(zoe.clone(), "levels").await.is_empty());
+    assert_eq!(ids(alice.clone(), "todos").await, ["3"]);
+    assert_eq!(ids(zoe.clone(), "todos").await, ["1"]);
+    assert!(ids(carol.clone(), "todos").await.is_empty());
+    assert_eq!(ids(alice.clone(), "keyed").await, ["1"]);
+    assert_eq!(ids(bob.clone(), "keyed").await, ["2"]);
+    assert_eq!(ids(carol.clone(), "news").await, Vec::<String>::new());
+    let view = View::new(&rules, &alice);
+    assert!(view.readable("public", "todos"));
+    assert!(!view.readable("public", "secrets"));
+    assert_eq!(view.where_sql("public", "secrets"), None);
+    assert_eq!(view.where_sql("public", "news").as_deref(), Some("true"));
+}

@@ -293,41 +293,61 @@ pub fn filter_ops(
     }
 }
 
-/// A small bounded map, oldest insert evicted first.
+/// A small bounded map, oldest insert evicted first, bounded both by entry
+/// count and by the sum of the entries' weights (bytes).
 struct Bounded<K, V> {
-    map: HashMap<K, V>,
+    map: HashMap<K, (V, usize)>,
     order: VecDeque<K>,
     cap: usize,
+    max_weight: usize,
+    weight: usize,
 }
 
 impl<K: std::hash::Hash + Eq + Clone, V: Clone> Bounded<K, V> {
-    fn new(cap: usize) -> Self {
+    fn new(cap: usize, max_weight: usize) -> Self {
         Bounded {
             map: HashMap::new(),
             order: VecDeque::new(),
             cap,
+            max_weight,
+            weight: 0,
         }
     }
     fn get(&self, k: &K) -> Option<V> {
-        self.map.get(k).cloned()
+        self.map.get(k).map(|(v, _)| v.clone())
     }
-    fn insert(&mut self, k: K, v: V) {
-        if self.map.insert(k.clone(), v).is_none() {
+    fn insert(&mut self, k: K, v: V, weight: usize) {
+        if weight > self.max_weight {
+            return;
+        }
+        if let Some((_, old)) = self.map.insert(k.clone(), (v, weight)) {
+            self.weight -= old;
+        } else {
             self.order.push_back(k);
-            while self.order.len() > self.cap {
-                if let Some(old) = self.order.pop_front() {
-                    self.map.remove(&old);
-                }
+        }
+        self.weight += weight;
+        while self.order.len() > self.cap || self.weight > self.max_weight {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, w)) = self.map.remove(&old) {
+                self.weight -= w;
             }
         }
     }
 }
 
+/// Bytes of parsed transactions kept (frames + op and cell positions).
+const PARSED_MAX_BYTES: usize = 32 << 20;
+/// Bytes of filtered transactions kept.
+const FILTERED_MAX_BYTES: usize = 64 << 20;
+
 type FilterKey = (u64, Arc<str>);
 
 /// Shared by every session: parsed transactions by commit LSN, and filtered
-/// transactions by (commit LSN, view key). Bounded by entry counts; a miss
-/// only costs recomputation.
+/// transactions by (commit LSN, view key). Bounded by entry counts and
+/// bytes (a transaction larger than a bound is not kept); a miss only costs
+/// recomputation.
 pub struct FilterCache {
     parsed: Mutex<Bounded<u64, Arc<TxnIndex>>>,
     filtered: Mutex<Bounded<FilterKey, Arc<Filtered>>>,
@@ -336,8 +356,8 @@ pub struct FilterCache {
 impl Default for FilterCache {
     fn default() -> Self {
         FilterCache {
-            parsed: Mutex::new(Bounded::new(1024)),
-            filtered: Mutex::new(Bounded::new(16 * 1024)),
+            parsed: Mutex::new(Bounded::new(1024, PARSED_MAX_BYTES)),
+            filtered: Mutex::new(Bounded::new(16 * 1024, FILTERED_MAX_BYTES)),
         }
     }
 }
@@ -363,7 +383,7 @@ impl FilterCache {
             None => match parse_txn(&txn.frames) {
                 Ok(p) => {
                     let p = Arc::new(TxnIndex::new(p));
-                    lock(&self.parsed).insert(txn.commit_lsn, p.clone());
+                    lock(&self.parsed).insert(txn.commit_lsn, p.clone(), p.weight());
                     p
                 }
                 Err(e) => {
@@ -378,11 +398,34 @@ impl FilterCache {
         };
         let only = parsed.candidates(rels);
         let f = Arc::new(filter_ops(txn, &parsed.parsed, rels, &only));
-        lock(&self.filtered).insert(fk, f.clone());
+        let weight = f.frames.as_ref().map_or(0, Bytes::len) + 64 + 4 * f.relation_ids.len();
+        lock(&self.filtered).insert(fk, f.clone(), weight);
         f
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bounded;
+
+    #[test]
+    fn bounded_by_count_and_weight() {
+        let mut b: Bounded<u32, u32> = Bounded::new(3, 100);
+        for i in 0..5 {
+            b.insert(i, i, 10);
+        }
+        assert_eq!((b.get(&1), b.get(&2), b.get(&4)), (None, Some(2), Some(4)));
+        b.insert(9, 9, 85);
+        assert_eq!((b.get(&3), b.get(&4), b.get(&9)), (None, Some(4), Some(9)));
+        assert!(b.weight <= 100);
+        b.insert(10, 10, 101);
+        assert_eq!(b.get(&10), None, "heavier than the bound: not kept");
+        b.insert(9, 9, 5);
+        assert_eq!(b.weight, 15);
+        assert!(b.map.len() == 2 && b.order.len() == 2);
+    }
 }

@@ -51,6 +51,21 @@ impl TxnIndex {
         }
     }
 
+    /// Approximate memory held (frames, op and cell positions; the value
+    /// indexes built later are not counted).
+    pub fn weight(&self) -> usize {
+        let cells: usize = self
+            .parsed
+            .ops
+            .iter()
+            .map(|o| {
+                o.row.as_ref().map_or(0, |r| r.cells.len())
+                    + o.old_row.as_ref().map_or(0, |r| r.cells.len())
+            })
+            .sum();
+        self.parsed.frames.len() + self.parsed.ops.len() * 160 + cells * 24
+    }
+
     fn index(&self, rel: u32, col: usize) -> Arc<ValueIndex> {
         let mut m = self.values.lock().unwrap_or_else(|e| e.into_inner());
         m.entry((rel, col))

@@ -248,6 +248,11 @@ async fn who_gets_what() {
         "INSERT INTO keyed VALUES ('alice', 1, 'x'), ('alice', 3, 'y'), ('bob', 1, 'z')",
         "TRUNCATE projects",
         "UPDATE secrets SET owner = 'bob'",
+        // keyed: rule columns in the primary key (replica identity DEFAULT):
+        // old keys come only when the key changes.
+        "BEGIN; UPDATE keyed SET k = 2 WHERE owner = 'alice' AND k = 3; \
+         UPDATE keyed SET k = 5 WHERE owner = 'alice' AND k = 1; \
+         UPDATE keyed SET v = 'same' WHERE owner = 'alice' AND k = 2; COMMIT",
         "INSERT INTO news VALUES (2, 'last')",
     ];
     for sql in script {
@@ -316,11 +321,18 @@ async fn who_gets_what() {
         ),
         ("keyed".into(), "insert", vec![s("alice"), s("1"), s("x")]),
         ("projects".into(), "truncate", vec![]),
+        ("keyed".into(), "insert", vec![s("alice"), s("2"), s("y")]),
+        ("keyed".into(), "delete", vec![s("alice"), s("1"), None]),
+        (
+            "keyed".into(),
+            "update",
+            vec![s("alice"), s("2"), s("same")],
+        ),
         ("news".into(), "insert", vec![s("2"), s("last")]),
     ];
     assert_eq!(alice, &expect_alice);
-    // 14 transactions; alice reads 11 (not: secrets ×2, the bob-only update).
-    assert_eq!(txn_counts[0], 11);
+    // 15 transactions; alice reads 12 (not: secrets ×2, the bob-only update).
+    assert_eq!(txn_counts[0], 12);
 
     // Bob: `teams` is not an array (IN matches nothing); level "3" equals n = 3.
     let expect_bob = vec![

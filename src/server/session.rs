@@ -480,7 +480,15 @@ impl Session {
                     }
                 }
                 let len = frames.len();
-                self.out.push(frames);
+                if frame_count > 1 {
+                    // One queue entry per frame: WebSocket sends each as its
+                    // own message (minus the length prefix).
+                    for f in crate::protocol::frame::split_frames(&frames) {
+                        self.out.push(f);
+                    }
+                } else {
+                    self.out.push(frames);
+                }
                 self.count_sent(frame_count as u64, len);
                 self.check_lag();
             }

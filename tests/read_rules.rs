@@ -1223,3 +1223,61 @@ async fn big_filtered_transaction_over_websocket() {
         .iter()
         .all(|(t, op, v)| t == "todos" && *op == "insert" && v[1].as_deref() == Some("alice")));
 }
+
+/// `pgsat tail --tables todos` with a token whose rules allow alice's rows:
+/// prints alice's todos only (not bob's, not another table's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_with_tables_prints_only_readable_rows() {
+    use std::io::BufRead;
+    let (pg, _dir, p, _) = setup(RULES).await;
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_pgsat"))
+        .args([
+            "tail",
+            "--url",
+            &format!("tcp://{}", p.tcp),
+            "--token",
+            &token("alice", json!({})),
+            "--tables",
+            "todos",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tail");
+    let out = tail.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let db = pg.client().await;
+    // Until tail has connected, writes go unseen: write until one shows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut id = 0;
+    let line = loop {
+        assert!(Instant::now() < deadline, "tail printed nothing");
+        id += 2;
+        db.batch_execute(&format!(
+            "INSERT INTO news VALUES ({id}, 'n'); INSERT INTO todos VALUES ({}, 'bob', 'b'); \
+             BEGIN; INSERT INTO todos VALUES ({id}, 'alice', 'a'); INSERT INTO todos VALUES ({}, 'bob', 'b'); COMMIT;",
+            id + 100_000,
+            id + 200_000
+        ))
+        .await
+        .expect("insert");
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(300)) {
+            break l;
+        }
+    };
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let v: Value = serde_json::from_str(&line).expect("JSON line");
+    let changes = v["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 1, "{line}");
+    assert_eq!(changes[0]["table"], "todos", "{line}");
+    assert_eq!(changes[0]["row"]["owner"], "alice", "{line}");
+}

@@ -244,6 +244,16 @@ impl View {
         }
     }
 
+    /// The tables this view may read, sorted; `None` when read rules are
+    /// off (every published table: ask the publication).
+    pub fn tables(&self) -> Option<Vec<(String, String)>> {
+        self.tables.as_ref().map(|t| {
+            let mut v: Vec<(String, String)> = t.keys().cloned().collect();
+            v.sort();
+            v
+        })
+    }
+
     /// The predicate for `schema.table`; `None` when not readable.
     pub fn pred(&self, schema: &str, table: &str) -> Option<&Pred> {
         static TRUE: Pred = Pred::True;
@@ -307,6 +317,22 @@ read = "score = auth.level AND region = auth.geo.region"
             &json!({"user_id": "alice", "teams": ["red", 7], "level": 3, "geo": {"region": "eu"}}),
         );
         assert!(v.is_restricted());
+        let names: Vec<String> = v
+            .tables()
+            .unwrap()
+            .into_iter()
+            .map(|(s, t)| format!("{s}.{t}"))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "public.news",
+                "public.projects",
+                "public.scored",
+                "public.todos"
+            ]
+        );
+        assert_eq!(View::unrestricted().tables(), None);
         assert!(v.readable("public", "todos"));
         assert!(!v.readable("public", "secrets"));
         assert!(v.pred("public", "secrets").is_none());

@@ -480,7 +480,7 @@ impl Session {
                     }
                 }
                 let len = frames.len();
-                if frame_count > 1 {
+                if frame_count > 1 && matches!(self.writer, Writer::Ws(_)) {
                     // One queue entry per frame: WebSocket sends each as its
                     // own message (minus the length prefix).
                     for f in crate::protocol::frame::split_frames(&frames) {

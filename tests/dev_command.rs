@@ -125,6 +125,8 @@ fn dev_streams_demo_changes_and_ctrl_c_leaves_nothing_behind() {
     );
     assert!(banner["ws"].starts_with("ws://127.0.0.1:") && banner["ws"].ends_with("/ws"));
     assert!(banner.contains_key("token (bob)"));
+    // The demo runs with read rules (sql/rules.toml).
+    assert!(banner["read rules"].contains("rules.toml"), "{banner:?}");
     let alice = &banner["token (alice)"];
     assert!(
         temp_dir.is_dir(),

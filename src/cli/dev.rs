@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::Map;
+use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::DevArgs;
@@ -35,6 +35,19 @@ pub const SQL_FILES: &[(&str, &str)] = &[
 
 /// Demo users (rows of `users` in sql/001_users.sql) given a token.
 pub const DEMO_USERS: &[&str] = &["alice", "bob"];
+
+/// The demo's read rules, written to the temp dir and used as `RULES_FILE`
+/// unless that variable is set.
+pub const DEMO_RULES: &str = include_str!("../../sql/rules.toml");
+
+/// The `team_id` claim of each demo user's token (their users row's team).
+fn demo_team(user: &str) -> Option<&'static str> {
+    match user {
+        "alice" | "bob" => Some("red"),
+        "carol" => Some("blue"),
+        _ => None,
+    }
+}
 
 /// Lifetime of the printed tokens.
 const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -90,12 +103,26 @@ async fn run_with(pg: &DevPg, args: &DevArgs, shutdown: CancellationToken) -> an
     }
 
     let data_dir = pg.root().join("pgsat-data");
-    let config = dev_config(&pg.url(), &data_dir, |name| std::env::var(name).ok())?;
+    let rules_path = pg.root().join("rules.toml");
+    std::fs::write(&rules_path, DEMO_RULES)
+        .with_context(|| format!("cannot write {}", rules_path.display()))?;
+    let rules_env = rules_path.display().to_string();
+    let config = dev_config(&pg.url(), &data_dir, |name| {
+        let v = std::env::var(name).ok();
+        if name == "RULES_FILE" && v.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            return Some(rules_env.clone());
+        }
+        v
+    })?;
 
     let tokens = DEMO_USERS
         .iter()
         .map(|user| {
-            crate::auth::mint_token(user, TOKEN_TTL, None, None, Map::new())
+            let mut claims = Map::new();
+            if let Some(team) = demo_team(user) {
+                claims.insert("team_id".into(), Value::String(team.into()));
+            }
+            crate::auth::mint_token(user, TOKEN_TTL, None, None, claims)
                 .map(|t| (*user, t))
                 .map_err(|e| anyhow::anyhow!("cannot mint a demo token for {user}: {e}"))
         })
@@ -119,6 +146,11 @@ async fn run_with(pg: &DevPg, args: &DevArgs, shutdown: CancellationToken) -> an
         tokens,
         write_demo: args.write_demo,
         exe: program_path(),
+        rules: config
+            .rules_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     };
     let result = crate::server::run_until(config, shutdown.clone(), move |addrs| {
         banner.print(&addrs);
@@ -202,6 +234,8 @@ struct Banner {
     tokens: Vec<(&'static str, String)>,
     write_demo: bool,
     exe: String,
+    /// The RULES_FILE in use.
+    rules: String,
 }
 
 impl Banner {
@@ -219,6 +253,12 @@ impl Banner {
         out.push_str(&format!("tcp: tcp://{tcp}\n"));
         out.push_str(&format!("ws: ws://{ws}/ws\n"));
         out.push_str(&format!("http: http://{http}/metrics\n"));
+        if !self.rules.is_empty() {
+            out.push_str(&format!(
+                "read rules: {} (each user reads their own todo lists and their team's)\n",
+                self.rules
+            ));
+        }
         for (user, token) in &self.tokens {
             out.push_str(&format!("token ({user}): {token}\n"));
         }
@@ -390,6 +430,22 @@ async fn wait_for_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The demo rules parse, list the demo tables, and give alice and bob
+    /// (same team) different views.
+    #[test]
+    fn demo_rules_parse() {
+        let rules = crate::rules::Rules::from_file(
+            crate::rules::RulesFile::parse("sql/rules.toml", DEMO_RULES).expect("demo rules"),
+        );
+        let names: Vec<String> = rules.file.tables.iter().map(|t| t.qualified()).collect();
+        assert_eq!(names, ["public.todo_lists", "public.todos", "public.users"]);
+        let view = |u: &str| {
+            let claims = serde_json::json!({"user_id": u, "team_id": demo_team(u)});
+            crate::rules::View::new(&rules, &claims)
+        };
+        assert_ne!(view("alice").id(), view("bob").id());
+    }
 
     /// The embedded list is exactly the `.sql` files of `sql/`, in name order.
     #[test]

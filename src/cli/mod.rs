@@ -119,7 +119,12 @@ fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> Exit
     };
     match rt.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<crate::config::BadSetting>().is_some() => usage_error(&e),
+        Err(e)
+            if e.downcast_ref::<crate::config::BadSetting>().is_some()
+                || crate::server::is_config_error(&e) =>
+        {
+            usage_error(&e)
+        }
         Err(e) => {
             eprintln!("pgsat: {e:#}");
             ExitCode::FAILURE

@@ -11,6 +11,7 @@
 //! flushed, the log is synced, exit 0 — within 10 s.
 
 pub mod listener;
+pub mod published;
 pub mod registry;
 pub mod session;
 pub mod snapshot_phase;
@@ -34,6 +35,8 @@ use crate::metrics::Metrics;
 use crate::pg::conn::{ConnParams, ReplicationConn};
 use crate::pg::slot;
 use crate::replicator::{connect_sql, Replicator};
+use crate::rules::{FilterCache, Rules, RulesError};
+use published::Published;
 use registry::Registry;
 
 /// What every session shares.
@@ -44,6 +47,12 @@ pub struct ServerCtx {
     pub metrics: Arc<Metrics>,
     pub registry: Arc<Registry>,
     pub shutdown: CancellationToken,
+    /// Read rules (`RULES_FILE`); `None`: every user reads every published row.
+    pub rules: Option<Arc<Rules>>,
+    /// Filtered transactions shared by sessions with the same view.
+    pub filter_cache: FilterCache,
+    /// Publication membership, for `StartReplicationReq.tables`.
+    pub published: Published,
 }
 
 /// The addresses a running server listens on (useful when configured with
@@ -99,7 +108,6 @@ pub async fn run_until(
         tracing::warn!("AUTH_MODE=insecure: token signatures are NOT verified; any client can claim any user_id. Development only: never expose this server to untrusted clients.");
         metrics.auth_insecure_mode.set(1);
     }
-    metrics.read_rules_enabled.set(0);
 
     // The HTTP endpoint first, so /healthz answers and /readyz says 503
     // during start-up.
@@ -119,6 +127,8 @@ pub async fn run_until(
     let client = connect_sql(&params).await?;
     slot::check_server(&client).await?;
     slot::ensure_publication(&client, &config.publication).await?;
+    let rules = load_rules(&config, &client).await?;
+    metrics.read_rules_enabled.set(i64::from(rules.is_some()));
     let mut conn = ReplicationConn::connect(&params).await?;
     let ident = conn.identify_system().await?;
     let slot_info = slot::ensure_slot(&client, &config.replication_slot).await?;
@@ -201,6 +211,9 @@ pub async fn run_until(
         metrics: metrics.clone(),
         registry,
         shutdown: shutdown.clone(),
+        rules,
+        filter_cache: FilterCache::default(),
+        published: Published::new(params.clone(), config.publication.clone()),
     });
     let tcp = TcpListener::bind(config.listen_addr)
         .await
@@ -261,6 +274,36 @@ pub async fn run_until(
         Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(anyhow::anyhow!("replication task panicked: {e}")),
     }
+}
+
+/// Loads and checks `RULES_FILE` (a [`RulesError`] is a configuration
+/// error: exit code 2), or warns that every user reads every row.
+async fn load_rules(
+    config: &Config,
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<Option<Arc<Rules>>> {
+    let Some(path) = &config.rules_file else {
+        tracing::warn!("RULES_FILE is not set: every authenticated user reads every published row (protocol version 1 behaviour)");
+        return Ok(None);
+    };
+    let rules = Rules::load(path)?;
+    match crate::rules::check::check(&rules, client, &config.publication).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.into()),
+        Err(e) => return Err(anyhow::anyhow!("RULES_FILE: catalog check failed: {e}")),
+    }
+    tracing::info!(
+        file = %path.display(),
+        tables = rules.file.tables.len(),
+        version = %rules.version,
+        "read rules loaded"
+    );
+    Ok(Some(Arc::new(rules)))
+}
+
+/// Whether a start-up error is a configuration error (exit code 2).
+pub fn is_config_error(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<RulesError>().is_some()
 }
 
 /// Keeps the gauges that are not on the hot path current.

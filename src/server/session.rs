@@ -35,6 +35,7 @@ use crate::protocol::msg_type::MsgType;
 use crate::protocol::pb;
 use crate::protocol::pb::ErrorCode;
 use crate::rules::snapshot::SnapshotItem;
+use crate::rules::{RelFilter, Subscription, View};
 
 /// Queue size above which the session stops pulling from its cursor until the
 /// socket drains.
@@ -52,6 +53,20 @@ struct Stream {
     /// is live and falling behind again is SLOW_CONSUMER. A client catching up
     /// from far back reads at its own pace from disk until then.
     live: bool,
+    /// Read rules and/or a table subscription; `None`: every transaction
+    /// goes out as stored (version 1).
+    filter: Option<StreamFilter>,
+}
+
+/// How a filtered session's transactions are chosen (see rules::filter).
+struct StreamFilter {
+    view: Arc<View>,
+    sub: Subscription,
+    /// view_id + subscription: sessions with the same key share filtered
+    /// transactions through `ServerCtx::filter_cache`.
+    key: Arc<str>,
+    /// What this session does with each relation in force.
+    rels: HashMap<u32, Arc<RelFilter>>,
 }
 
 struct Session {
@@ -60,6 +75,8 @@ struct Session {
     writer: Writer,
     out: OutQueue,
     principal: Option<Principal>,
+    /// What the session may read (from the first token's claims).
+    view: Arc<View>,
     /// Relation frames this session has sent, by relation id.
     sent_relations: HashMap<u32, Bytes>,
     stream: Option<Stream>,
@@ -67,6 +84,8 @@ struct Session {
     snapshot: Option<SnapshotPhase>,
     /// Initial sync, catch-up part: filters the stream until SnapshotEnd.
     catchup: Option<Catchup>,
+    /// The read-rules filter of the stream that follows a running snapshot.
+    snapshot_filter: Option<StreamFilter>,
     /// Set when the token expired: the stream is paused until a refresh.
     paused_until: Option<Instant>,
     expiry: Option<Pin<Box<Sleep>>>,
@@ -85,10 +104,12 @@ pub async fn run(ctx: Arc<ServerCtx>, mut reader: Reader, writer: Writer, peer: 
         writer,
         out: OutQueue::default(),
         principal: None,
+        view: Arc::new(View::unrestricted()),
         sent_relations: HashMap::new(),
         stream: None,
         snapshot: None,
         catchup: None,
+        snapshot_filter: None,
         paused_until: None,
         expiry: None,
         closing: None,
@@ -186,6 +207,9 @@ impl Session {
         match verified.await {
             Ok((principal, registration)) => {
                 self.ctx.metrics.auth_attempt(AuthResult::Ok);
+                if let Some(rules) = &self.ctx.rules {
+                    self.view = Arc::new(View::new(rules, &principal.claims));
+                }
                 self.accept_principal(req.id, principal);
                 Ok(registration)
             }
@@ -310,10 +334,11 @@ impl Session {
         };
         match msg {
             ClientMessage::Auth(req) => self.on_refresh(req).await,
-            ClientMessage::StartReplication(req) => self.on_start(req),
+            ClientMessage::StartReplication(req) => self.on_start(req).await,
             ClientMessage::StopReplication => {
                 let snapshot = self.snapshot.take().is_some();
                 self.catchup = None;
+                self.snapshot_filter = None;
                 if self.stream.take().is_some() || snapshot {
                     self.set_state_unless_paused(SessionState::Authenticating);
                     self.push(MsgType::StopReplicationResp, &pb::StopReplicationResp {});
@@ -357,6 +382,15 @@ impl Session {
             );
             return;
         }
+        if let (Some(rules), Some(old)) = (&self.ctx.rules, &self.principal) {
+            if !rules.same_used_claims(&old.claims, &principal.claims) {
+                self.fail(
+                    ErrorCode::ResyncRequired,
+                    "token refresh changed a claim the read rules use: what this session may read changed; discard your copy and start again with a snapshot".into(),
+                );
+                return;
+            }
+        }
         self.ctx.metrics.auth_attempt(AuthResult::Ok);
         if self.paused_until.take().is_some() {
             let state = if self.stream.is_some() {
@@ -370,7 +404,7 @@ impl Session {
     }
 
     /// Step 2: StartReplicationReq.
-    fn on_start(&mut self, req: pb::StartReplicationReq) {
+    async fn on_start(&mut self, req: pb::StartReplicationReq) {
         if self.stream.is_some() || self.snapshot.is_some() {
             self.push_error(
                 ErrorCode::ReplicationAlreadyStarted,
@@ -378,36 +412,49 @@ impl Session {
             );
             return;
         }
-        if !req.tables.is_empty() {
+        if req.snapshot && req.lsn != 0 {
             self.fail(
                 ErrorCode::InvalidRequest,
-                "tables (protocol 1.1) are not supported by this server yet".into(),
+                "a snapshot starts from nothing: send lsn = 0 with snapshot = true".into(),
             );
             return;
         }
+        // A resume must be of the same view; a snapshot starts a new copy.
+        if !req.snapshot && !req.view_id.is_empty() && req.view_id != self.view.id() {
+            self.fail(
+                ErrorCode::ResyncRequired,
+                format!(
+                    "view_id {:?} is not this session's view ({:?}): the read rules or your claims changed; discard your copy and start again with a snapshot",
+                    req.view_id,
+                    self.view.id()
+                ),
+            );
+            return;
+        }
+        let Some(filter) = self.stream_filter(&req.tables).await else {
+            return;
+        };
         if req.snapshot {
-            if req.lsn != 0 {
-                self.fail(
-                    ErrorCode::InvalidRequest,
-                    "a snapshot starts from nothing: send lsn = 0 with snapshot = true".into(),
-                );
-                return;
-            }
             // No resumable position until SnapshotEnd: lsn 0.
             self.push(
                 MsgType::StartReplicationResp,
                 &pb::StartReplicationResp {
                     lsn: 0,
-                    view_id: String::new(),
+                    view_id: self.view.id().to_string(),
                 },
             );
-            self.set_state(Some(SessionState::Streaming));
-            // Read rules hook: pass the session's View::where_sql here.
-            self.snapshot = Some(snapshot_phase::start(
-                &self.ctx,
-                req.tables,
-                snapshot_phase::all_rows(),
-            ));
+            self.set_state_unless_paused(SessionState::Streaming);
+            // Rows: the session's tables, each filtered by its read rule.
+            let view = self.view.clone();
+            let sub = Subscription::from_names(&req.tables).unwrap_or_default();
+            let rows: snapshot_phase::RowFilter = Box::new(move |schema: &str, table: &str| {
+                if !sub.includes(schema, table) {
+                    return None;
+                }
+                view.where_sql(schema, table)
+            });
+            self.snapshot = Some(snapshot_phase::start(&self.ctx, req.tables, rows));
+            self.snapshot_filter = filter;
             return;
         }
         let log = &self.ctx.log;
@@ -418,13 +465,14 @@ impl Session {
                     cursor,
                     in_force: HashMap::new(),
                     live: false,
+                    filter,
                 });
                 self.set_state_unless_paused(SessionState::Streaming);
                 self.push(
                     MsgType::StartReplicationResp,
                     &pb::StartReplicationResp {
                         lsn: after,
-                        view_id: String::new(),
+                        view_id: self.view.id().to_string(),
                     },
                 );
             }
@@ -450,6 +498,12 @@ impl Session {
             Entry::Relation(rel) => {
                 if let Some(stream) = self.stream.as_mut() {
                     stream.in_force.insert(rel.relation_id, rel.frame.clone());
+                    if let Some(f) = stream.filter.as_mut() {
+                        match RelFilter::from_frame(&rel.frame, &f.view, &f.sub) {
+                            Some(r) => f.rels.insert(rel.relation_id, Arc::new(r)),
+                            None => f.rels.remove(&rel.relation_id),
+                        };
+                    }
                 }
             }
             Entry::Txn(txn) => {
@@ -466,7 +520,28 @@ impl Session {
                 let Some(stream) = self.stream.as_mut() else {
                     return;
                 };
-                for rel_id in &txn.relation_ids {
+                let filtered = stream.filter.as_ref().map(|f| {
+                    self.ctx
+                        .filter_cache
+                        .get(&txn, &f.key, &|id| f.rels.get(&id).cloned())
+                });
+                let (relation_ids, frames, frame_count) = match &filtered {
+                    None => (
+                        &txn.relation_ids,
+                        txn.frames.clone(),
+                        crate::protocol::frame::split_frames(&txn.frames).count(),
+                    ),
+                    // Nothing readable: nothing sent; the position still
+                    // moves past it (PingResp.lsn, the next Commit).
+                    Some(f) => match &f.frames {
+                        None => {
+                            self.check_snapshot_end();
+                            return;
+                        }
+                        Some(b) => (&f.relation_ids, b.clone(), f.frame_count),
+                    },
+                };
+                for rel_id in relation_ids {
                     let Some(def) = stream.in_force.get(rel_id) else {
                         continue;
                     };
@@ -477,9 +552,17 @@ impl Session {
                         self.ctx.metrics.sent_bytes.inc_by(def.len() as u64);
                     }
                 }
-                self.out.push(txn.frames.clone());
-                let frames = crate::protocol::frame::split_frames(&txn.frames).count();
-                self.count_sent(frames as u64, txn.frames.len());
+                let len = frames.len();
+                if frame_count > 1 && matches!(self.writer, Writer::Ws(_)) {
+                    // One queue entry per frame: WebSocket sends each as its
+                    // own message (minus the length prefix).
+                    for f in crate::protocol::frame::split_frames(&frames) {
+                        self.out.push(f);
+                    }
+                } else {
+                    self.out.push(frames);
+                }
+                self.count_sent(frame_count as u64, len);
                 self.check_snapshot_end();
                 self.check_lag();
             }
@@ -521,6 +604,7 @@ impl Session {
                     cursor: *cursor,
                     in_force: HashMap::new(),
                     live: false,
+                    filter: self.snapshot_filter.take(),
                 });
                 self.catchup = Some(Catchup {
                     snapshot,
@@ -565,9 +649,58 @@ impl Session {
             &pb::SnapshotEnd {
                 lsn: c.wal_lsn,
                 rows: c.rows,
-                view_id: String::new(),
+                view_id: self.view.id().to_string(),
             },
         );
+    }
+
+    /// The filter for a stream of `tables` (empty: every readable table),
+    /// or `None` after failing the session with TABLE_NOT_READABLE.
+    async fn stream_filter(&mut self, tables: &[String]) -> Option<Option<StreamFilter>> {
+        let sub = match Subscription::from_names(tables) {
+            Ok(s) => s,
+            Err(name) => {
+                self.fail(
+                    ErrorCode::TableNotReadable,
+                    format!("table {name:?} is not `schema.table` or `table`"),
+                );
+                return None;
+            }
+        };
+        for (schema, table) in sub.names() {
+            let published = match self.ctx.published.contains(&schema, &table).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.fail(
+                        ErrorCode::Internal,
+                        format!("cannot check the publication: {e}"),
+                    );
+                    return None;
+                }
+            };
+            if !published || !self.view.readable(&schema, &table) {
+                let why = if published {
+                    "not readable under the read rules"
+                } else {
+                    "not published"
+                };
+                self.fail(
+                    ErrorCode::TableNotReadable,
+                    format!("table {schema}.{table} is {why}"),
+                );
+                return None;
+            }
+        }
+        if !self.view.is_restricted() && sub.is_all() {
+            return Some(None);
+        }
+        let key: Arc<str> = Arc::from(format!("{}|{}", self.view.id(), sub.key()));
+        Some(Some(StreamFilter {
+            view: self.view.clone(),
+            sub,
+            key,
+            rels: HashMap::new(),
+        }))
     }
 
     fn check_lag(&mut self) {

@@ -23,6 +23,8 @@ RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \
  && echo 'fn main() {}' > benches/replication_throughput.rs \
+ && echo 'fn main() {}' > benches/snapshot.rs \
+ && echo 'fn main() {}' > benches/filter_fanout.rs \
  && cargo build --release --locked \
  && rm -rf src benches \
            target/release/pgsat target/release/deps/pgsat-* \

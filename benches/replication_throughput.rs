@@ -123,6 +123,7 @@ fn main() {
     let mut passes = Vec::new();
     let mut peak = 0u64;
     let mut log_bytes = 0u64;
+    let mut ctx_switches = 0u64;
     for run in 0..runs {
         // 1. pg_recvlogical.
         let recv = pg.bin_dir().join("pg_recvlogical");
@@ -207,6 +208,7 @@ fn main() {
         peak_kib = peak_kib.max(vm_hwm_kib(pid));
         let pgsat_pg_cpu = postgres_cpu(&pg) - pg_cpu;
         let pgsat_cpu = cpu_ticks(&[pid]) as f64 / ticks_per_sec();
+        let switches = context_switches(pid);
         unsafe {
             libc::kill(pid as i32, libc::SIGTERM);
         }
@@ -214,6 +216,8 @@ fn main() {
 
         eprintln!("pass {run}: pg_recvlogical {recv_secs:.2} s, pgsat {pgsat_secs:.2} s");
         passes.push((recv_secs, recv_pg_cpu, pgsat_secs, pgsat_pg_cpu, pgsat_cpu));
+        eprintln!("pass {run}: pgsat context switches (all threads): {switches}");
+        ctx_switches = ctx_switches.max(switches);
         peak = peak.max(peak_kib);
         log_bytes = log_bytes.max(dir_size(data_dir.path()));
     }
@@ -246,6 +250,10 @@ fn main() {
     );
     println!("  pgsat peak RSS: {:.1} MiB", peak_kib as f64 / 1024.0);
     println!(
+        "  pgsat context switches, all threads (max of passes): {ctx_switches} ({:.2} per transaction)",
+        ctx_switches as f64 / txns as f64
+    );
+    println!(
         "  log on disk: {:.1} MiB, {:.0} bytes per row",
         log_bytes as f64 / (1024.0 * 1024.0),
         log_bytes as f64 / rows as f64
@@ -262,6 +270,23 @@ fn vm_hwm_kib(pid: u32) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Voluntary + involuntary context switches of every thread of `pid`.
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// CPU seconds used so far by the postmaster and its children.

@@ -151,7 +151,7 @@ pub async fn run_until(
         },
     };
     let repl_shutdown = CancellationToken::new();
-    let repl_task = spawn_replicator(replicator, repl_shutdown.clone())?;
+    let repl_task = tokio::spawn(replicator.run(repl_shutdown.clone()));
 
     let stats_task = tokio::spawn(stats_loop(
         log.clone(),
@@ -227,35 +227,8 @@ pub async fn run_until(
     match repl_result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(anyhow::anyhow!("replication thread panicked")),
+        Err(e) => Err(anyhow::anyhow!("replication task panicked: {e}")),
     }
-}
-
-/// Runs the replication driver on its own thread with a single-threaded
-/// runtime (its own I/O driver). On the shared multi-threaded runtime every
-/// readiness of the replication socket woke both workers in turn (≈ 40
-/// context switches per 100-row transaction, measured by
-/// `benches/replication_throughput.rs`): CPU taken from the walsender on a
-/// small machine. Sessions stay on the shared runtime; the log's watch
-/// channels wake them across runtimes.
-fn spawn_replicator(
-    replicator: Replicator,
-    shutdown: CancellationToken,
-) -> anyhow::Result<tokio::sync::oneshot::Receiver<Result<(), crate::replicator::ReplicatorError>>>
-{
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot build the replication runtime: {e}"))?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("pgsat-replication".into())
-        .spawn(move || {
-            let result = rt.block_on(replicator.run(shutdown));
-            let _ = tx.send(result);
-        })
-        .map_err(|e| anyhow::anyhow!("cannot start the replication thread: {e}"))?;
-    Ok(rx)
 }
 
 /// Keeps the gauges that are not on the hot path current.

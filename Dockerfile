@@ -25,6 +25,9 @@ RUN mkdir -p src benches \
  && echo 'fn main() {}' > benches/replication_throughput.rs \
  && echo 'fn main() {}' > benches/snapshot.rs \
  && echo 'fn main() {}' > benches/filter_fanout.rs \
+ && echo 'fn main() {}' > benches/latency.rs \
+ && echo 'fn main() {}' > benches/fanout.rs \
+ && echo 'fn main() {}' > benches/idle.rs \
  && cargo build --release --locked \
  && rm -rf src benches \
            target/release/pgsat target/release/deps/pgsat-* \

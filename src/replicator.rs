@@ -120,6 +120,11 @@ impl Replicator {
         // durable: confirmable even though no transaction ends there.
         let mut idle_end = 0u64;
         let mut last_confirm = tokio::time::Instant::now();
+        // A durable position held back by the throttle is confirmed when the
+        // throttle interval ends (the trailing edge), not at the next
+        // STATUS_INTERVAL tick: otherwise the last transactions of a burst
+        // stay unconfirmed for up to 10 s.
+        let mut confirm_due: Option<tokio::time::Instant> = None;
 
         loop {
             tokio::select! {
@@ -191,7 +196,22 @@ impl Replicator {
                         return Err(RunError::Fatal("the log writer stopped".into()));
                     }
                     let flush = self.confirmable(&assembler, idle_end);
-                    if flush > confirmed && last_confirm.elapsed() >= CONFIRM_THROTTLE {
+                    if flush > confirmed {
+                        if last_confirm.elapsed() >= CONFIRM_THROTTLE {
+                            stream.send_status(received.max(flush), flush, flush, false).await?;
+                            confirmed = flush;
+                            last_confirm = tokio::time::Instant::now();
+                            confirm_due = None;
+                            Metrics::set_u64(&self.metrics.replication_confirmed_lsn, flush);
+                        } else if confirm_due.is_none() {
+                            confirm_due = Some(last_confirm + CONFIRM_THROTTLE);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(confirm_due.unwrap_or_else(tokio::time::Instant::now)), if confirm_due.is_some() => {
+                    confirm_due = None;
+                    let flush = self.confirmable(&assembler, idle_end);
+                    if flush > confirmed {
                         stream.send_status(received.max(flush), flush, flush, false).await?;
                         confirmed = flush;
                         last_confirm = tokio::time::Instant::now();

@@ -209,6 +209,44 @@ async fn fast_shutdown_is_not_held_up_and_confirmed_follows_the_durable_log() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_transaction_of_a_burst_is_confirmed_without_waiting_for_a_status_tick() {
+    let (pg, _dir, _p) = setup(&[]).await;
+    let db = pg.client().await;
+    // A burst of small transactions: durable positions arrive faster than
+    // the confirmation throttle (50 ms), so the last ones are held back by it
+    // and must be sent when it ends — not at the next 10 s status tick.
+    db.batch_execute(
+        "DO $$ BEGIN
+           FOR i IN 1..300 LOOP
+             INSERT INTO events (batch, payload) VALUES (i, repeat('x', 200));
+             IF i = 300 THEN
+               PERFORM set_config('t.last', pg_current_wal_insert_lsn()::text, false);
+             END IF;
+             COMMIT;
+           END LOOP;
+         END $$;",
+    )
+    .await
+    .expect("burst");
+    let last: String = db
+        .query_one("SELECT current_setting('t.last')", &[])
+        .await
+        .expect("last")
+        .get(0);
+    // The last commit record starts at or after this position.
+    let last = last.parse::<pgsat::pg::lsn::Lsn>().expect("lsn").0;
+    // Well below STATUS_INTERVAL (10 s); the throttle alone is 50 ms.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while slot_confirmed(&db).await < last {
+        assert!(
+            Instant::now() < deadline,
+            "the slot was not confirmed up to the last transaction of the burst within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Opens the (dead) proxy's log directly and returns its end LSN.
 async fn log_end_on_disk(pg: &PgServer, p: &Pgsat) -> u64 {
     let db = pg.client().await;

@@ -1,0 +1,251 @@
+//! Commit → client latency: pgsat's Rust client against a direct `pgoutput`
+//! reader on the same Postgres, in the same run.
+//!
+//! Commits single-row transactions at a steady rate (default 2,000 measured
+//! after 100 warm-up, at 200/s). Each reader stamps a transaction with the
+//! local clock when it has it whole (direct: the pgoutput Commit message;
+//! pgsat: `Event::Transaction` from `pgsat::client::Client`), and subtracts
+//! the transaction's commit timestamp (Postgres' clock: same machine, same
+//! clock). Each reader runs on its own thread with its own runtime. Prints
+//! p50/p90/p99/max for both and the ratios (targets p50 ≤ 1.3×, p99 ≤ 1.5×).
+//!
+//! Run: `cargo bench --bench latency` (TXNS=…, RATE=… to change).
+
+mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{quantile, unix_micros};
+use pgsat::client::{Client, ClientConfig, Event};
+use pgsat::pg::conn::{ConnParams, ReplicationConn};
+use pgsat::pg::lsn::PG_EPOCH_OFFSET_MICROS;
+use pgsat::pg::pgoutput::{self, PgOutput};
+use pgsat::pg::replication::ReplMessage;
+use support::pgsat::{insecure_token, Pgsat};
+use support::PgServer;
+
+const WARMUP: usize = 100;
+
+/// commit end LSN → latency µs.
+type Seen = Arc<Mutex<HashMap<u64, i64>>>;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let txns = env_or("TXNS", 2_000) as usize;
+    let rate = env_or("RATE", 200);
+    let pg = PgServer::start();
+    common::bench_schema(
+        &pg,
+        "CREATE TABLE lat (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp(), note text)",
+        "lat",
+    );
+    pg.execute("SELECT pg_create_logical_replication_slot('direct', 'pgoutput')");
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let pgsat = Pgsat::start(
+        &pg,
+        data_dir.path(),
+        &[
+            ("PUBLICATION", "pgsat_bench"),
+            ("REPLICATION_SLOT", "pgsat"),
+            ("LOG_LEVEL", "warn"),
+        ],
+    );
+
+    let direct: Seen = Arc::default();
+    let via_pgsat: Seen = Arc::default();
+
+    // Direct pgoutput reader: its own thread and runtime.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    {
+        let seen = direct.clone();
+        let url = pg.url();
+        let ready = ready_tx.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(direct_reader(url, seen, ready));
+        });
+    }
+    // pgsat's Rust client: its own thread and runtime.
+    {
+        let seen = via_pgsat.clone();
+        let url = format!("tcp://{}", pgsat.tcp);
+        let ready = ready_tx;
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(pgsat_reader(url, seen, ready));
+        });
+    }
+    for _ in 0..2 {
+        ready_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("reader ready");
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let total = WARMUP + txns;
+    eprintln!("committing {total} single-row transactions at {rate}/s ({WARMUP} warm-up)…");
+    let last_lsn = rt.block_on(async {
+        let client = pg.client().await;
+        let insert = client
+            .prepare("INSERT INTO lat (note) VALUES ($1)")
+            .await
+            .expect("prepare");
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for i in 0..total {
+            tick.tick().await;
+            client
+                .execute(&insert, &[&format!("row {i}")])
+                .await
+                .expect("insert");
+        }
+        let r = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .expect("lsn");
+        let lsn: String = r.get(0);
+        lsn.parse::<pgsat::pg::lsn::Lsn>().expect("lsn").0
+    });
+
+    // Wait until both readers have every transaction.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = direct.lock().unwrap().len();
+        let p = via_pgsat.lock().unwrap().len();
+        if d >= total && p >= total {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readers did not catch up (direct {d}, pgsat {p} of {total}; last LSN {last_lsn})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The transactions both saw, in commit order, minus the warm-up.
+    let direct = direct.lock().unwrap().clone();
+    let via_pgsat = via_pgsat.lock().unwrap().clone();
+    let mut lsns: Vec<u64> = direct
+        .keys()
+        .filter(|l| via_pgsat.contains_key(l))
+        .copied()
+        .collect();
+    lsns.sort_unstable();
+    let lsns = &lsns[WARMUP.min(lsns.len())..];
+    let mut d: Vec<i64> = lsns.iter().map(|l| direct[l]).collect();
+    let mut p: Vec<i64> = lsns.iter().map(|l| via_pgsat[l]).collect();
+    d.sort_unstable();
+    p.sort_unstable();
+
+    let ms = |us: i64| us as f64 / 1000.0;
+    println!(
+        "commit → client latency, {} single-row transactions at {rate}/s",
+        lsns.len()
+    );
+    println!("                          p50        p90        p99        max");
+    for (name, v) in [("direct pgoutput reader", &d), ("pgsat (Rust client)", &p)] {
+        println!(
+            "  {name:<22} {:>7.2} ms {:>7.2} ms {:>7.2} ms {:>7.2} ms",
+            ms(quantile(v, 0.5)),
+            ms(quantile(v, 0.9)),
+            ms(quantile(v, 0.99)),
+            ms(*v.last().unwrap_or(&0))
+        );
+    }
+    let ratio = |q: f64| quantile(&p, q) as f64 / quantile(&d, q).max(1) as f64;
+    println!(
+        "  ratio pgsat / direct: p50 {:.2}× (target ≤ 1.3), p99 {:.2}× (target ≤ 1.5)",
+        ratio(0.5),
+        ratio(0.99)
+    );
+    drop(pgsat);
+}
+
+async fn direct_reader(url: String, seen: Seen, ready: std::sync::mpsc::Sender<()>) {
+    let params = ConnParams::from_url(&url).expect("url");
+    let conn = ReplicationConn::connect(&params).await.expect("connect");
+    let mut stream = conn
+        .start_logical("direct", 0, "pgsat_bench")
+        .await
+        .expect("start replication");
+    ready.send(()).ok();
+    let mut received = 0u64;
+    let mut last_status = Instant::now();
+    loop {
+        let msg = match stream.recv().await {
+            Ok(Some(m)) => m,
+            _ => return,
+        };
+        match msg {
+            ReplMessage::XLogData { wal_end, data, .. } => {
+                received = received.max(wal_end);
+                match pgoutput::decode(&data).expect("pgoutput") {
+                    PgOutput::Commit(c) => {
+                        let now = unix_micros();
+                        let committed = c.commit_time + PG_EPOCH_OFFSET_MICROS;
+                        seen.lock().unwrap().insert(c.end_lsn, now - committed);
+                        received = received.max(c.end_lsn);
+                    }
+                    _ => continue,
+                }
+                if last_status.elapsed() > Duration::from_secs(1) {
+                    last_status = Instant::now();
+                    let _ = stream
+                        .send_status(received, received, received, false)
+                        .await;
+                }
+            }
+            ReplMessage::Keepalive {
+                wal_end,
+                reply_requested,
+                ..
+            } => {
+                received = received.max(wal_end);
+                if reply_requested {
+                    let _ = stream
+                        .send_status(received, received, received, false)
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+async fn pgsat_reader(url: String, seen: Seen, ready: std::sync::mpsc::Sender<()>) {
+    let mut config = ClientConfig::with_token(url, insecure_token("bench", 3600));
+    config.from_lsn = 0;
+    let mut client = Client::connect(config).await.expect("pgsat client");
+    ready.send(()).ok();
+    loop {
+        match client.next_event().await {
+            Ok(Event::Transaction(t)) => {
+                let now = unix_micros();
+                seen.lock().unwrap().insert(t.lsn, now - t.commit_time);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("pgsat client: {e}");
+                return;
+            }
+        }
+    }
+}

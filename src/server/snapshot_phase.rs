@@ -176,7 +176,12 @@ async fn read(
             format!("cannot open the log for the snapshot: {e}"),
         )
     })?;
-    let (snapshot, wal_lsn) = conn.begin().await.map_err(internal)?;
+    // Tables locked first: a concurrent TRUNCATE must not empty them
+    // under the snapshot (SnapshotConn::begin_locked).
+    let (snapshot, wal_lsn) = conn
+        .begin_locked(&ctx.config.publication, tables)
+        .await
+        .map_err(internal)?;
     tracing::debug!(xmin = snapshot.xmin, xmax = snapshot.xmax, in_progress = snapshot.xip.len(), wal = %crate::pg::lsn::Lsn(wal_lsn), "snapshot taken");
     let mut list = conn
         .tables(&ctx.config.publication, tables)

@@ -30,6 +30,10 @@
 //!    the walsender moves past `W` and says so promptly.
 //! 4. Rows are queued before any catch-up OpLog, so a change always lands
 //!    on top of the snapshot row it changes.
+//! 5. The tables are locked (ACCESS SHARE) before the snapshot is taken:
+//!    TRUNCATE is not MVCC-safe, so one committing after the snapshot but
+//!    before a table's COPY would otherwise empty it under the snapshot
+//!    ([`SnapshotConn::begin_locked`]).
 //!
 //! Merging with the read rules: `start` takes the request's `tables` and a
 //! [`RowFilter`] (the session's `View::where_sql`); catch-up transactions go

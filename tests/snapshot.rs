@@ -914,10 +914,11 @@ async fn truncate_after_the_snapshot_does_not_empty_it() {
         .await
         .expect("refill");
 
-    // Locked (only the session's tables): the TRUNCATE of `a` cannot get
-    // its lock while the snapshot is open; `b` is not locked.
+    // Locked (only the tables the session reads): the TRUNCATE of `a`
+    // cannot get its lock while the snapshot is open; `b` (subscribed but
+    // not read, e.g. unreadable under the rules) is not locked.
     let mut conn = SnapshotConn::connect(cfg).await.expect("connect");
-    conn.begin_locked("p", &["a".into()])
+    conn.begin_locked("p", &["a".into(), "b".into()], &|_, t| t == "a")
         .await
         .expect("begin_locked");
     let e = other.batch_execute(truncate).await.expect_err("lock held");

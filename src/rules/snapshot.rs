@@ -228,8 +228,9 @@ impl SnapshotConn {
     }
 
     /// As [`begin`](Self::begin), but first locks the tables of
-    /// `publication` (narrowed to `only` when not empty) in ACCESS SHARE
-    /// mode, before the snapshot is taken (LOCK TABLE takes none).
+    /// `publication` (narrowed to `only` when not empty, and to those
+    /// `read(schema, table)` says will be read) in ACCESS SHARE mode, before
+    /// the snapshot is taken (LOCK TABLE takes none).
     ///
     /// Why: TRUNCATE is not MVCC-safe. Without the lock, a TRUNCATE that
     /// commits after the snapshot but before a table's rows are read
@@ -244,6 +245,7 @@ impl SnapshotConn {
         &mut self,
         publication: &str,
         only: &[String],
+        read: &(dyn Fn(&str, &str) -> bool + Sync),
     ) -> Result<(TxSnapshot, u64), SnapshotError> {
         let rows = self
             .client
@@ -261,7 +263,7 @@ impl SnapshotConn {
                     Some((s, t)) => s == schema && t == table,
                     None => schema == "public" && *w == table,
                 });
-            if wanted {
+            if wanted && read(&schema, &table) {
                 names.push(format!("{}.{}", quote_ident(&schema), quote_ident(&table)));
             }
         }

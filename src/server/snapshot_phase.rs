@@ -183,7 +183,9 @@ async fn read(
     // Tables locked first: a concurrent TRUNCATE must not empty them
     // under the snapshot (SnapshotConn::begin_locked).
     let (snapshot, wal_lsn) = conn
-        .begin_locked(&ctx.config.publication, tables)
+        .begin_locked(&ctx.config.publication, tables, &|s, t| {
+            filter(s, t).is_some()
+        })
         .await
         .map_err(internal)?;
     tracing::debug!(xmin = snapshot.xmin, xmax = snapshot.xmax, in_progress = snapshot.xip.len(), wal = %crate::pg::lsn::Lsn(wal_lsn), "snapshot taken");

@@ -876,3 +876,56 @@ async fn concurrent_snapshots_are_limited_and_queue_for_a_permit() {
     let s = read_snapshot(&mut waiting).await;
     assert_eq!(s.end.rows, 100_001);
 }
+
+/// TRUNCATE is not MVCC-safe: `begin_locked` locks the session's published
+/// tables before the snapshot, so a TRUNCATE waits (here: times out) instead
+/// of emptying a table the snapshot has not read yet. The unlocked `begin`
+/// shows what went wrong before: the rows vanish from the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_after_the_snapshot_does_not_empty_it() {
+    let pg = PgServer::start();
+    let db = pg.client().await;
+    db.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);
+         CREATE PUBLICATION p FOR TABLE a, b;
+         INSERT INTO a SELECT generate_series(1, 10); INSERT INTO b VALUES (1);",
+    )
+    .await
+    .expect("schema");
+    let cfg: tokio_postgres::Config = pg.url().parse().expect("url");
+    let count = |conn: SnapshotConn| async move {
+        let t = conn.tables("p", &["a".into()]).await.expect("tables");
+        let (tx, _rx) = tokio::sync::mpsc::channel::<SnapshotItem>(64);
+        conn.copy_rows(&t[0], None, &tx).await.expect("copy")
+    };
+    let truncate = "SET lock_timeout = '500ms'; TRUNCATE a";
+
+    // Unlocked (the old behaviour): the TRUNCATE goes through and the
+    // snapshot reads an empty table although it did not see the TRUNCATE.
+    let mut conn = SnapshotConn::connect(cfg.clone()).await.expect("connect");
+    conn.begin().await.expect("begin");
+    let other = pg.client().await;
+    other
+        .batch_execute(truncate)
+        .await
+        .expect("truncate unlocked");
+    assert_eq!(count(conn).await, 0, "TRUNCATE is not MVCC-safe");
+    db.batch_execute("INSERT INTO a SELECT generate_series(1, 10)")
+        .await
+        .expect("refill");
+
+    // Locked (only the tables the session reads): the TRUNCATE of `a`
+    // cannot get its lock while the snapshot is open; `b` (subscribed but
+    // not read, e.g. unreadable under the rules) is not locked.
+    let mut conn = SnapshotConn::connect(cfg).await.expect("connect");
+    conn.begin_locked("p", &["a".into(), "b".into()], &|_, t| t == "a")
+        .await
+        .expect("begin_locked");
+    let e = other.batch_execute(truncate).await.expect_err("lock held");
+    assert!(format!("{e:?}").contains("lock timeout"), "{e:?}");
+    other
+        .batch_execute("SET lock_timeout = '500ms'; TRUNCATE b")
+        .await
+        .expect("b is not locked");
+    assert_eq!(count(conn).await, 10);
+}

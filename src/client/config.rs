@@ -95,6 +95,10 @@ pub struct ClientConfig {
     pub snapshot: bool,
     /// The view id held from an earlier session (protocol 1.1).
     pub view_id: Option<String>,
+    /// On RESYNC_REQUIRED (the read rules or the claims they use changed),
+    /// hand out [`Event::Resync`](super::Event::Resync) and start over with
+    /// a snapshot instead of failing (protocol 1.1).
+    pub resync_with_snapshot: bool,
     pub reconnect: Backoff,
     /// Largest server frame accepted (type byte + body).
     pub max_frame: u32,
@@ -119,6 +123,7 @@ impl ClientConfig {
             tables: Vec::new(),
             snapshot: false,
             view_id: None,
+            resync_with_snapshot: true,
             reconnect: Backoff::default(),
             max_frame: 256 * 1024 * 1024,
             refresh_margin: Duration::from_secs(30),
@@ -143,6 +148,7 @@ impl fmt::Debug for ClientConfig {
             .field("tables", &self.tables)
             .field("snapshot", &self.snapshot)
             .field("view_id", &self.view_id)
+            .field("resync_with_snapshot", &self.resync_with_snapshot)
             .field("reconnect", &self.reconnect)
             .field("max_frame", &self.max_frame)
             .finish_non_exhaustive()

@@ -98,6 +98,11 @@ pub enum Event {
     /// The connection dropped before SnapshotEnd: discard every snapshot row
     /// and transaction received since the snapshot began; it starts over.
     SnapshotRestart,
+    /// RESYNC_REQUIRED: what this user may read changed. Discard every row
+    /// received so far (the whole copy); a snapshot follows.
+    Resync {
+        message: String,
+    },
 }
 
 /// A column of a relation.

@@ -203,11 +203,36 @@ impl Client {
                 self.drop_session();
                 if e.is_retryable() {
                     tracing::warn!(error = %e, position = self.position, "connection lost; resuming");
+                } else if self.start_resync(&e) {
+                    // Event::Resync queued; the next connect takes a snapshot.
                 } else {
                     self.fatal = Some(e);
                 }
             }
         }
+    }
+
+    /// RESYNC_REQUIRED with `resync_with_snapshot`: queue Event::Resync and
+    /// make the next session start from a snapshot with no view id. False
+    /// for any other error.
+    fn start_resync(&mut self, e: &ClientError) -> bool {
+        if !self.config.resync_with_snapshot || e.code() != Some(ErrorCode::ResyncRequired) {
+            return false;
+        }
+        tracing::warn!(error = %e, "what this session may read changed; starting over with a snapshot");
+        let message = match e {
+            ClientError::Server { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        self.queue.push_back(Event::Resync { message });
+        self.snapshot_pending = true;
+        self.position = 0;
+        self.last_txn_lsn = 0;
+        self.view_id = None;
+        self.handed_out = None;
+        self.applied = 0;
+        self.acked = 0;
+        true
     }
 
     fn drop_session(&mut self) {
@@ -247,6 +272,11 @@ impl Client {
                             });
                         }
                     }
+                }
+                // A resume refused: start over with a snapshot. (A snapshot
+                // start refused the same way is final: no loop.)
+                Err(e) if !self.snapshot_pending && self.start_resync(&e) => {
+                    self.delay_next = false;
                 }
                 Err(e) => return Err(e),
             }

@@ -156,6 +156,9 @@ pub fn event_lines(ev: &Event) -> Vec<String> {
             view_id,
         })],
         Event::SnapshotRestart => vec![to_line(&OtherJson::SnapshotRestart)],
+        Event::Resync { .. } => vec![to_line(&OtherJson::Resync {
+            reason: ErrorCode::ResyncRequired.as_str_name(),
+        })],
     }
 }
 
@@ -192,6 +195,8 @@ pub(crate) async fn tail_loop(
     resync_with_snapshot: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
+    // RESYNC_REQUIRED is handled by the client (Event::Resync) when asked.
+    config.resync_with_snapshot = resync_with_snapshot;
     loop {
         let err = match Client::connect(config.clone()).await {
             Err(e) => e,

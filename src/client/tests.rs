@@ -730,6 +730,7 @@ async fn snapshot_restart_then_resume_from_snapshot_end() {
             Event::SnapshotRows { rows, .. } => format!("rows {}", rows.len()),
             Event::SnapshotEnd { lsn, .. } => format!("end {lsn}"),
             Event::SnapshotRestart => "restart".into(),
+            Event::Resync { .. } => "resync".into(),
         })
         .collect();
     assert_eq!(
@@ -957,5 +958,121 @@ async fn tail_prints_lines_and_resyncs_with_a_snapshot() {
             r#"{"lsn":500,"xid":2,"commit_time":1700000000000500,"changes":[{"op":"insert","schema":"public","table":"t","row":{"id":"b","v":"t"}}]}"#,
         ]
     );
+    server.await.unwrap();
+}
+
+/// RESYNC_REQUIRED (issue 10: clients restart with a snapshot): refused on
+/// resume with a stale view id, and mid-stream (a refresh changed a used
+/// claim) — each time the client hands out Event::Resync after what it had
+/// received, then starts a snapshot with lsn 0 and no view id, and keeps
+/// the new view id from SnapshotEnd.
+#[tokio::test]
+async fn resync_required_restarts_with_a_snapshot() {
+    let (connector, mut rx) = pipe();
+    let server = tokio::spawn(async move {
+        // Resume with a stale view id: refused.
+        let mut s = next_conn(&mut rx).await;
+        let ClientMessage::Auth(auth) = s.recv().await else {
+            panic!("expected AuthReq")
+        };
+        s.send(ServerMessage::Auth(pb::AuthResp {
+            id: auth.id,
+            user_id: "u1".into(),
+            server_id: "fake".into(),
+            expires_at: 0,
+        }))
+        .await;
+        let ClientMessage::StartReplication(start) = s.recv().await else {
+            panic!("expected StartReplicationReq")
+        };
+        assert_eq!((start.lsn, start.snapshot), (100, false));
+        assert_eq!(start.view_id, "view-old");
+        s.error(ErrorCode::ResyncRequired, "view changed").await;
+
+        let mut s = next_conn(&mut rx).await;
+        let (_, start) = s.handshake(0, 0).await;
+        assert!(start.snapshot, "a snapshot after RESYNC_REQUIRED");
+        assert_eq!((start.lsn, start.view_id.as_str()), (0, ""));
+        s.send(relation(1, "t", &["id", "v"])).await;
+        s.send(ServerMessage::SnapshotRows(pb::SnapshotRows {
+            relation_id: 1,
+            rows: vec![row(&[Some("1"), None])],
+        }))
+        .await;
+        s.send(ServerMessage::SnapshotEnd(pb::SnapshotEnd {
+            lsn: 300,
+            rows: 1,
+            view_id: "view-2".into(),
+        }))
+        .await;
+        s.send(txn(7, 400, "after")).await;
+        // Mid-stream (a token refresh changed a claim the rules use).
+        s.error(ErrorCode::ResyncRequired, "claims changed").await;
+
+        let mut s = next_conn(&mut rx).await;
+        let (_, start) = s.handshake(0, 0).await;
+        assert!(start.snapshot, "a snapshot again");
+        assert_eq!((start.lsn, start.view_id.as_str()), (0, ""));
+        s.send(relation(1, "t", &["id", "v"])).await;
+        s.send(ServerMessage::SnapshotEnd(pb::SnapshotEnd {
+            lsn: 500,
+            rows: 0,
+            view_id: "view-3".into(),
+        }))
+        .await;
+        s
+    });
+    let mut cfg = config();
+    cfg.from_lsn = 100;
+    cfg.view_id = Some("view-old".into());
+    let mut c = Client::connect_with(cfg, connector).await.unwrap();
+    let mut kinds = Vec::new();
+    loop {
+        let ev = timeout(WAIT, c.next_event()).await.unwrap().unwrap();
+        let last = matches!(&ev, Event::SnapshotEnd { lsn: 500, .. });
+        kinds.push(match ev {
+            Event::Transaction(t) => format!("txn {}", t.lsn),
+            Event::SnapshotRows { rows, .. } => format!("rows {}", rows.len()),
+            Event::SnapshotEnd { lsn, .. } => format!("end {lsn}"),
+            Event::SnapshotRestart => "restart".into(),
+            Event::Resync { message } => format!("resync {message}"),
+        });
+        if last {
+            break;
+        }
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            "resync view changed",
+            "rows 1",
+            "end 300",
+            "txn 400",
+            "resync claims changed",
+            "end 500"
+        ]
+    );
+    assert_eq!(c.view_id(), Some("view-3"));
+    assert_eq!(c.position(), 500);
+    server.await.unwrap();
+}
+
+/// With `resync_with_snapshot = false`, RESYNC_REQUIRED stays a final
+/// error (`pgsat tail` without `--snapshot`).
+#[tokio::test]
+async fn resync_required_is_final_when_not_asked_to_resync() {
+    let (connector, mut rx) = pipe();
+    let server = tokio::spawn(async move {
+        let mut s = next_conn(&mut rx).await;
+        s.handshake(100, 0).await;
+        s.error(ErrorCode::ResyncRequired, "claims changed").await;
+        s
+    });
+    let mut cfg = config();
+    cfg.from_lsn = 100;
+    cfg.resync_with_snapshot = false;
+    let mut c = Client::connect_with(cfg, connector).await.unwrap();
+    let e = timeout(WAIT, c.next_event()).await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::ResyncRequired));
     server.await.unwrap();
 }

@@ -224,6 +224,64 @@ impl SnapshotConn {
         self.client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
+        self.take_snapshot().await
+    }
+
+    /// As [`begin`](Self::begin), but first locks the tables of
+    /// `publication` (narrowed to `only` when not empty, and to those
+    /// `read(schema, table)` says will be read) in ACCESS SHARE mode, before
+    /// the snapshot is taken (LOCK TABLE takes none).
+    ///
+    /// Why: TRUNCATE is not MVCC-safe. Without the lock, a TRUNCATE that
+    /// commits after the snapshot but before a table's rows are read
+    /// empties that table for the snapshot too, although the snapshot did
+    /// not see it: the rows are missing from the snapshot, and the changes
+    /// streamed between `SnapshotEnd.lsn` and the TRUNCATE's commit refer
+    /// to rows the client never got. With the lock a TRUNCATE (or other
+    /// ACCESS EXCLUSIVE DDL) of a table being read waits for the snapshot
+    /// to finish — as it does for pg_dump. A table added to the
+    /// publication between the listing and the lock is read unlocked.
+    pub async fn begin_locked(
+        &mut self,
+        publication: &str,
+        only: &[String],
+        read: &(dyn Fn(&str, &str) -> bool + Sync),
+    ) -> Result<(TxSnapshot, u64), SnapshotError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables WHERE pubname = $1",
+                &[&publication],
+            )
+            .await?;
+        let mut names = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let schema: String = r.try_get(0)?;
+            let table: String = r.try_get(1)?;
+            let wanted = only.is_empty()
+                || only.iter().any(|w| match w.split_once('.') {
+                    Some((s, t)) => s == schema && t == table,
+                    None => schema == "public" && *w == table,
+                });
+            if wanted && read(&schema, &table) {
+                names.push(format!("{}.{}", quote_ident(&schema), quote_ident(&table)));
+            }
+        }
+        self.client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        if !names.is_empty() {
+            self.client
+                .batch_execute(&format!(
+                    "LOCK TABLE {} IN ACCESS SHARE MODE",
+                    names.join(", ")
+                ))
+                .await?;
+        }
+        self.take_snapshot().await
+    }
+
+    async fn take_snapshot(&mut self) -> Result<(TxSnapshot, u64), SnapshotError> {
         // First statement: takes the transaction snapshot, then reads the
         // WAL insert position.
         let msgs = self

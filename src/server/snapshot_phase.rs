@@ -30,6 +30,10 @@
 //!    the walsender moves past `W` and says so promptly.
 //! 4. Rows are queued before any catch-up OpLog, so a change always lands
 //!    on top of the snapshot row it changes.
+//! 5. The tables are locked (ACCESS SHARE) before the snapshot is taken:
+//!    TRUNCATE is not MVCC-safe, so one committing after the snapshot but
+//!    before a table's COPY would otherwise empty it under the snapshot
+//!    ([`SnapshotConn::begin_locked`]).
 //!
 //! Merging with the read rules: `start` takes the request's `tables` and a
 //! [`RowFilter`] (the session's `View::where_sql`); catch-up transactions go
@@ -176,7 +180,14 @@ async fn read(
             format!("cannot open the log for the snapshot: {e}"),
         )
     })?;
-    let (snapshot, wal_lsn) = conn.begin().await.map_err(internal)?;
+    // Tables locked first: a concurrent TRUNCATE must not empty them
+    // under the snapshot (SnapshotConn::begin_locked).
+    let (snapshot, wal_lsn) = conn
+        .begin_locked(&ctx.config.publication, tables, &|s, t| {
+            filter(s, t).is_some()
+        })
+        .await
+        .map_err(internal)?;
     tracing::debug!(xmin = snapshot.xmin, xmax = snapshot.xmax, in_progress = snapshot.xip.len(), wal = %crate::pg::lsn::Lsn(wal_lsn), "snapshot taken");
     let mut list = conn
         .tables(&ctx.config.publication, tables)

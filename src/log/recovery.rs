@@ -48,18 +48,32 @@ fn lock(dir: &Path) -> Result<File, LogError> {
         .write(true)
         .open(dir.join(LOCK_FILE))
         .map_err(|e| LogError::io(dir, "open LOCK", e))?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    // A child process forked by this process (any std::process::Command)
+    // shares the lock's open file description from fork until its exec
+    // closes it (CLOEXEC): a just-released lock can look held for that
+    // instant. A few short retries ride that out; a lock held by another
+    // pgsat is still refused within LOCK_RETRIES × LOCK_RETRY_DELAY.
+    const LOCK_RETRIES: u32 = 10;
+    const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+    let mut attempt = 0;
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(f);
+        }
         let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(LogError::io(dir, "lock LOCK", e));
+        }
+        attempt += 1;
+        if attempt > LOCK_RETRIES {
             return Err(LogError::Locked {
                 dir: dir.to_path_buf(),
             });
         }
-        return Err(LogError::io(dir, "lock LOCK", e));
+        std::thread::sleep(LOCK_RETRY_DELAY);
     }
-    Ok(f)
 }
 
 /// Compares the stored identity with the server's: system id, database and

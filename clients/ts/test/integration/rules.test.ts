@@ -156,7 +156,7 @@ describe("pgsat 1.1 read rules (RULES_FILE)", () => {
     pg.sql(`UPDATE docs SET owner = 'carol' WHERE id = 4000; UPDATE docs SET team = 'red', title = 'moved in' WHERE id = 4001;`);
     await waitUntil("4000 gone and 4001 present", () => c.getRow("docs", "4000") === undefined && c.getRow("docs", "4001") !== undefined, 10_000);
     expect(c.getRow("docs", "4001")).toMatchObject({ id: "4001", owner: "carol", team: "red", title: "moved in" });
-    // An update of a row that stays outside the view sends nothing; one inside still arrives.
+    // An update of a row that stays outside the view does not bring it in; one inside still arrives.
     pg.sql(`UPDATE docs SET title = 'still carol''s' WHERE id = 4000; UPDATE docs SET title = 'back in' WHERE id = 4001;`);
     await waitUntil("4001 updated", () => c.getRow("docs", "4001")?.title === "back in", 10_000);
     expect(c.getRow("docs", "4000")).toBeUndefined();

@@ -2,11 +2,12 @@
 // the demo's read rules (sql/rules.toml, as `pgsat dev` loads them): alice's
 // seed rows appear from the snapshot, no other user's row ever appears,
 // changes show within 2 s, a SIGKILLed-and-restarted pgsat is
-// recovered from without duplicates, and a reload resumes from IndexedDB
-// (shown while pgsat is down, so they can only come from the local copy).
+// recovered from without duplicates, a reload resumes from IndexedDB (shown
+// while pgsat is down, so they can only come from the local copy), and
+// changed rules (RESYNC_REQUIRED) lead to a fresh snapshot of the new view.
 // Screenshots go to test-artifacts/ (gitignored).
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { extname, join, normalize, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -22,6 +23,8 @@ const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
 
 let pg: Postgres;
 let pgsat: Pgsat;
+/** A copy of sql/rules.toml the test may change. */
+let rulesFile = "";
 let http: Server;
 let browser: Browser | null = null;
 let base = "";
@@ -46,7 +49,9 @@ beforeAll(async () => {
   if (build.status !== 0) throw new Error(`npm run build failed: ${build.stdout}${build.stderr}`);
   pg = await Postgres.start();
   pg.sql(readFileSync(join(REPO, "sql/001_users.sql"), "utf8") + readFileSync(join(REPO, "sql/002_demo.sql"), "utf8"));
-  pgsat = await Pgsat.start(pg, { env: { RULES_FILE: join(REPO, "sql/rules.toml") } });
+  rulesFile = join(pg.root, "rules.toml");
+  writeFileSync(rulesFile, readFileSync(join(REPO, "sql/rules.toml"), "utf8"));
+  pgsat = await Pgsat.start(pg, { env: { RULES_FILE: rulesFile } });
   http = await serve(DIST);
   const a = http.address();
   base = `http://127.0.0.1:${typeof a === "object" && a !== null ? a.port : 0}`;
@@ -165,6 +170,27 @@ it("shows alice's todos live, survives a pgsat SIGKILL and resumes from IndexedD
     expect(new Set(after).size).toBe(after.length);
     expect(after.length).toBe(before.length + 1);
     await shot("todo-web");
+
+    // The rules change (pgsat restarted with another file: only open todos):
+    // the stored view is stale, RESYNC_REQUIRED, and the page shows a fresh snapshot.
+    const viewOld = (await page.textContent("#view")) ?? "";
+    await pgsat.kill("SIGKILL");
+    writeFileSync(
+      rulesFile,
+      readFileSync(join(REPO, "sql/rules.toml"), "utf8").replace('read = "owner_id = auth.user_id"\n', 'read = "owner_id = auth.user_id AND done = false"\n'),
+    );
+    await pgsat.restart();
+    const open = (): Todo[] => pg.rows<Todo>("SELECT id, title, done FROM todos WHERE owner_id = 'alice' AND NOT done ORDER BY id");
+    await waitUntil(
+      "a fresh snapshot of the new view",
+      async () => (await status(page)) === "live" && JSON.stringify(await pageTodos(page)) === JSON.stringify(open()),
+      20_000,
+      () => consoleLines.join("\n"),
+    );
+    expect(open().length).toBeLessThan(expected().length);
+    expect(await page.textContent("#info")).toContain("fresh snapshot");
+    expect(await page.textContent("#view")).not.toBe(viewOld);
+    await shot("todo-web-resynced");
     // No row of another user was ever rendered (bob's, same team, and carol's included).
     const seen = await seenTitles();
     expect(seen).toContain("Milk");

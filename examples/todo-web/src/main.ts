@@ -1,7 +1,10 @@
 // pgsat todo demo: the signed-in user's todos, live from Postgres.
 // Page URL: ?url=ws://127.0.0.1:5134/ws&token=<JWT>  (else a form asks for them)
-// Optional: &persist=0 (no IndexedDB), &from=<lsn> (a version-1 server, which
-// has no snapshot: replay the changes it retains after that position).
+// Optional: &persist=0 (no IndexedDB).
+// The first connect takes a snapshot (protocol 1.1) of what the server's read
+// rules let this user read; the replica, its LSN and view_id are kept in
+// IndexedDB, so a reload resumes from there. When the view changed (rules or
+// the token's claims: RESYNC_REQUIRED) the client clears and snapshots again.
 import { IndexedDbStore, PgsatClient, type ClientError, type Status } from "@pgsat/client";
 
 const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
@@ -24,7 +27,7 @@ if (url === "" || token === "") {
   void start(url, token);
 }
 
-/** The `user_id` claim of a JWT (not verified: only to pick the user's rows and name the local copy). */
+/** The `user_id` claim of a JWT (not verified: only to show the user and name the local copy). */
 function userOf(jwt: string): string {
   try {
     const body = jwt.split(".")[1] ?? "";
@@ -39,35 +42,18 @@ async function start(url: string, token: string): Promise<void> {
   const user = userOf(token);
   $("user").textContent = user ? `of ${user}` : "";
   const persist = params.get("persist") !== "0";
-  const from = params.get("from");
   const store = persist ? new IndexedDbStore({ clientKey: `${url}|${user}` }) : undefined;
-  let client = make(true);
-
-  function make(snapshot: boolean): PgsatClient {
-    const c = new PgsatClient({
-      url,
-      getToken: async () => token,
-      snapshot,
-      startLsn: from !== null ? BigInt(from) : 0n,
-      persistence: store,
-      onError: (e) => console.warn("pgsat:", e.message),
-    });
-    c.subscribe(render);
-    c.onStatus((s, err) => onStatus(c, snapshot, s, err));
-    return c;
-  }
-
-  function onStatus(c: PgsatClient, snapshot: boolean, s: Status, err: ClientError | null): void {
-    // A version-1 server answers INVALID_REQUEST to a snapshot request: fall
-    // back to streaming changes (from `from`, else from now on).
-    if (c === client && snapshot && err?.code === "INVALID_REQUEST" && c.lsn === 0n && s !== "live") {
-      client.close();
-      client = make(false);
-      $("info").textContent =
-        "This server has no initial sync (protocol 1): showing changes " + (from !== null ? `after lsn ${from}.` : "from now on.");
-      void client.connect();
-    }
-  }
+  const client = new PgsatClient({
+    url,
+    getToken: async () => token,
+    snapshot: true,
+    persistence: store,
+    onError: (e) => console.warn("pgsat:", e.message),
+  });
+  client.subscribe(render);
+  client.onStatus((_s: Status, err: ClientError | null) => {
+    if (err?.code === "RESYNC_REQUIRED") $("info").textContent = "What this user may read changed: the local copy was replaced by a fresh snapshot.";
+  });
 
   function render(): void {
     const snap = client.getSnapshot();
@@ -75,8 +61,9 @@ async function start(url: string, token: string): Promise<void> {
     st.textContent = snap.status + (snap.error && snap.status !== "live" ? ` (${snap.error.code})` : "");
     st.dataset.status = snap.status;
     $("lsn").textContent = String(snap.lsn);
+    $("view").textContent = snap.viewId;
+    // No filtering here: the server's read rules decide which rows this user gets.
     const rows = (snap.tables["public.todos"]?.rows ?? [])
-      .filter((r) => r.owner_id === user)
       .slice()
       .sort((a, b) => Number(a.id) - Number(b.id));
     $("count").textContent = `${rows.length} todo${rows.length === 1 ? "" : "s"}`;
@@ -109,10 +96,11 @@ async function start(url: string, token: string): Promise<void> {
   render();
   await client.connect(); // resolves once the IndexedDB copy (if any) is loaded
   const restored = client.lsn;
-  const n = client.getTable("todos")?.rows.filter((r) => r.owner_id === user).length ?? 0;
+  const n = client.getTable("todos")?.rows.length ?? 0;
   const source = $("source");
   source.dataset.restoredLsn = String(restored);
   source.dataset.restoredRows = String(n);
+  source.dataset.restoredView = client.viewId;
   source.textContent = restored > 0n ? `restored ${n} from IndexedDB at lsn ${restored}` : persist ? "no local copy yet" : "not persisted";
   (window as unknown as { pgsat: PgsatClient }).pgsat = client;
 }

@@ -1,10 +1,13 @@
-// The demo in headless Chromium against a real pgsat + Postgres: the user's
-// rows appear, changes show within 2 s, a SIGKILLed-and-restarted pgsat is
-// recovered from without duplicates, and a reload resumes from IndexedDB
-// (shown while pgsat is down, so they can only come from the local copy).
+// The demo in headless Chromium against a real pgsat + Postgres started with
+// the demo's read rules (sql/rules.toml, as `pgsat dev` loads them): alice's
+// seed rows appear from the snapshot, no other user's row ever appears,
+// changes show within 2 s, a SIGKILLed-and-restarted pgsat is
+// recovered from without duplicates, a reload resumes from IndexedDB (shown
+// while pgsat is down, so they can only come from the local copy), and
+// changed rules (RESYNC_REQUIRED) lead to a fresh snapshot of the new view.
 // Screenshots go to test-artifacts/ (gitignored).
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { extname, join, normalize, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -20,6 +23,8 @@ const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
 
 let pg: Postgres;
 let pgsat: Pgsat;
+/** A copy of sql/rules.toml the test may change. */
+let rulesFile = "";
 let http: Server;
 let browser: Browser | null = null;
 let base = "";
@@ -44,7 +49,9 @@ beforeAll(async () => {
   if (build.status !== 0) throw new Error(`npm run build failed: ${build.stdout}${build.stderr}`);
   pg = await Postgres.start();
   pg.sql(readFileSync(join(REPO, "sql/001_users.sql"), "utf8") + readFileSync(join(REPO, "sql/002_demo.sql"), "utf8"));
-  pgsat = await Pgsat.start(pg);
+  rulesFile = join(pg.root, "rules.toml");
+  writeFileSync(rulesFile, readFileSync(join(REPO, "sql/rules.toml"), "utf8"));
+  pgsat = await Pgsat.start(pg, { env: { RULES_FILE: rulesFile } });
   http = await serve(DIST);
   const a = http.address();
   base = `http://127.0.0.1:${typeof a === "object" && a !== null ? a.port : 0}`;
@@ -80,26 +87,39 @@ it("shows alice's todos live, survives a pgsat SIGKILL and resumes from IndexedD
   page.on("pageerror", (e) => consoleLines.push(`pageerror: ${e.message}`));
   const shot = (name: string): Promise<Buffer> => page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
   try {
-    // A version-1 server has no snapshot: the page then replays from `from`,
-    // taken before alice's new rows (the seed rows predate pgsat's slot).
-    const from = pg.sql("SELECT pg_current_wal_lsn() - '0/0'");
-    const seedMax = Number(pg.sql("SELECT max(id) FROM todos"));
+    // Every title ever rendered, to check no other user's row shows up even briefly.
+    await page.addInitScript(() => {
+      const seen: string[] = [];
+      (window as unknown as { seenTitles: string[] }).seenTitles = seen;
+      new MutationObserver(() => {
+        for (const e of document.querySelectorAll("#todos li .title")) if (!seen.includes(e.textContent ?? "")) seen.push(e.textContent ?? "");
+      }).observe(document, { subtree: true, childList: true, characterData: true });
+    });
+    const seenTitles = (): Promise<string[]> => page.evaluate(() => (window as unknown as { seenTitles: string[] }).seenTitles);
+    const expected = (): Todo[] => pg.rows<Todo>("SELECT id, title, done FROM todos WHERE owner_id = 'alice' ORDER BY id");
+    const others = (): string[] => pg.rows<{ title: string }>("SELECT title FROM todos WHERE owner_id <> 'alice'").map((r) => r.title);
+    const same = async (): Promise<boolean> => JSON.stringify(await pageTodos(page)) === JSON.stringify(expected());
+
+    // The seed rows (sql/002_demo.sql) predate pgsat's slot: only the snapshot can deliver them.
+    const seed = expected();
+    expect(seed.map((t) => t.title).sort()).toEqual(["Bread", "Milk", "Write the announcement"]);
+    expect(others()).toContain("Collect feedback"); // carol's, in the seed too
+    const alice = token("alice", 3600, { team_id: "red" }); // what `pgsat dev` mints
+    await page.goto(`${base}/?url=${encodeURIComponent(pgsat.wsUrl)}&token=${encodeURIComponent(alice)}`);
+    await waitUntil("the page to go live", async () => (await status(page)) === "live", 20_000, () => consoleLines.join("\n"));
+    await waitUntil("alice's seed rows on the page", same, 10_000, () => JSON.stringify(expected()));
+    expect((await pageTodos(page)).map((t) => t.title)).toEqual(seed.map((t) => t.title));
+    expect(await page.getAttribute("#source", "data-restored-lsn")).toBe("0");
+    expect((await page.textContent("#view")) ?? "").not.toBe("");
+
     const list = pg.sql("SELECT id FROM todo_lists WHERE owner_id = 'alice' ORDER BY id LIMIT 1");
+    const bobList = pg.sql("INSERT INTO todo_lists (owner_id, team_id, title) VALUES ('bob', 'red', 'Bob''s list') RETURNING id");
     pg.sql(`
       INSERT INTO todos (list_id, owner_id, title) VALUES (${list}, 'alice', 'Buy coffee');
       INSERT INTO todos (list_id, owner_id, title, done) VALUES (${list}, 'alice', 'Call the plumber', true);
-      INSERT INTO todos (list_id, owner_id, title) VALUES (${list}, 'bob', 'Not alice''s');
+      INSERT INTO todos (list_id, owner_id, title) VALUES (${bobList}, 'bob', 'Not alice''s');
     `);
-    const url = `${base}/?url=${encodeURIComponent(pgsat.wsUrl)}&token=${encodeURIComponent(token("alice"))}&from=${from}`;
-    await page.goto(url);
-    await waitUntil("the page to go live", async () => (await status(page)) === "live", 20_000, () => consoleLines.join("\n"));
-    const v1 = ((await page.textContent("#info")) ?? "") !== "";
-    const expected = (): Todo[] =>
-      pg.rows<Todo>(`SELECT id, title, done FROM todos WHERE owner_id = 'alice' ${v1 ? `AND id > ${seedMax}` : ""} ORDER BY id`);
-    const same = async (): Promise<boolean> => JSON.stringify(await pageTodos(page)) === JSON.stringify(expected());
-    await waitUntil("alice's rows on the page", same, 10_000, () => JSON.stringify(expected()));
-    expect((await pageTodos(page)).length).toBeGreaterThanOrEqual(2);
-    expect(await page.textContent("#todos")).not.toContain("Not alice's");
+    await waitUntil("alice's new rows on the page", same, 5_000, () => JSON.stringify(expected()));
 
     // Changes in Postgres appear within 2 s.
     let t0 = Date.now();
@@ -127,6 +147,7 @@ it("shows alice's todos live, survives a pgsat SIGKILL and resumes from IndexedD
     // Reload while pgsat is down: the rows can only come from IndexedDB.
     const before = await pageTodos(page);
     const lsnBefore = BigInt((await page.textContent("#lsn")) ?? "0");
+    const viewBefore = (await page.textContent("#view")) ?? "";
     await waitUntil("the IndexedDB write", async () => page.evaluate(async () => {
       const c = (window as unknown as { pgsat: { flush(): Promise<void> } }).pgsat;
       await c.flush();
@@ -137,6 +158,7 @@ it("shows alice's todos live, survives a pgsat SIGKILL and resumes from IndexedD
     await waitUntil("the restored copy", async () => (await page.getAttribute("#source", "data-restored-rows")) !== null, 10_000, () => consoleLines.join("\n"));
     expect(await page.getAttribute("#source", "data-restored-rows")).toBe(String(before.length));
     expect(BigInt((await page.getAttribute("#source", "data-restored-lsn")) ?? "0")).toBe(lsnBefore);
+    expect(await page.getAttribute("#source", "data-restored-view")).toBe(viewBefore); // kept with the LSN
     expect(await pageTodos(page)).toEqual(before);
     expect(await status(page)).not.toBe("live");
     await shot("todo-web-offline-restored");
@@ -148,7 +170,32 @@ it("shows alice's todos live, survives a pgsat SIGKILL and resumes from IndexedD
     expect(new Set(after).size).toBe(after.length);
     expect(after.length).toBe(before.length + 1);
     await shot("todo-web");
-    console.log(`insert+update visible after ${latency} ms; resumed ${Date.now() - t0} ms after the restart; ${v1 ? "version-1 server (replay from lsn)" : "snapshot"}`);
+
+    // The rules change (pgsat restarted with another file: only open todos):
+    // the stored view is stale, RESYNC_REQUIRED, and the page shows a fresh snapshot.
+    const viewOld = (await page.textContent("#view")) ?? "";
+    await pgsat.kill("SIGKILL");
+    writeFileSync(
+      rulesFile,
+      readFileSync(join(REPO, "sql/rules.toml"), "utf8").replace('read = "owner_id = auth.user_id"\n', 'read = "owner_id = auth.user_id AND done = false"\n'),
+    );
+    await pgsat.restart();
+    const open = (): Todo[] => pg.rows<Todo>("SELECT id, title, done FROM todos WHERE owner_id = 'alice' AND NOT done ORDER BY id");
+    await waitUntil(
+      "a fresh snapshot of the new view",
+      async () => (await status(page)) === "live" && JSON.stringify(await pageTodos(page)) === JSON.stringify(open()),
+      20_000,
+      () => consoleLines.join("\n"),
+    );
+    expect(open().length).toBeLessThan(expected().length);
+    expect(await page.textContent("#info")).toContain("fresh snapshot");
+    expect(await page.textContent("#view")).not.toBe(viewOld);
+    await shot("todo-web-resynced");
+    // No row of another user was ever rendered (bob's, same team, and carol's included).
+    const seen = await seenTitles();
+    expect(seen).toContain("Milk");
+    for (const t of others()) expect(seen).not.toContain(t);
+    console.log(`insert+update visible after ${latency} ms; resumed ${Date.now() - t0} ms after the restart`);
   } catch (e) {
     await shot("todo-web-failure").catch(() => undefined);
     console.error(consoleLines.join("\n"));

@@ -252,8 +252,16 @@ export class Pgsat {
       ...this.opts.env,
     };
     const p = spawn(PGSAT_BIN, ["serve"], { env, stdio: ["ignore", "pipe", "pipe"] });
-    p.stdout?.on("data", (d: Buffer) => appendFileSync(this.logFile, d));
-    p.stderr?.on("data", (d: Buffer) => appendFileSync(this.logFile, d));
+    // Output that arrives after teardown removed the temp dir is dropped (not an error).
+    const toLog = (d: Buffer): void => {
+      try {
+        appendFileSync(this.logFile, d);
+      } catch {
+        // the cluster's temp dir is gone
+      }
+    };
+    p.stdout?.on("data", toLog);
+    p.stderr?.on("data", toLog);
     this.proc = p;
     await waitUntil(
       "pgsat /readyz",

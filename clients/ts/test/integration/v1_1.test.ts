@@ -1,18 +1,11 @@
 // Protocol version 1.1 (initial sync, view_id) against the real pgsat binary.
-// These tests skip, with the reason printed, while the server answers
-// INVALID_REQUEST to `snapshot = true` (a version-1 server); once the server
-// implements snapshots they run and must pass.
+// No skip path: the server implements 1.1, and a skip would hide a regression.
 import { isDeepStrictEqual } from "node:util";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
 import {
-  decodeFrame,
-  ErrorCode,
-  frame,
   MemoryStore,
-  MessageType,
   PgsatClient,
-  toBytes,
   type ClientError,
   type PgsatClientOptions,
   type Status,
@@ -22,37 +15,7 @@ import { ledgerTxns, Pgsat, Postgres, SCHEMA, sleep, teardown, token, waitUntil 
 
 let pg: Postgres;
 let pgsat: Pgsat;
-/** null: the server supports snapshots; else why the 1.1 tests skip. */
-let unsupported: string | null = null;
 const clients: PgsatClient[] = [];
-
-/** Asks the server for a snapshot on a raw connection; returns null if it starts one, else the reason it did not. */
-async function probeSnapshot(url: string): Promise<string | null> {
-  const ws = new WebSocket(url);
-  ws.binaryType = "arraybuffer";
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      ws.close();
-      reject(new Error("snapshot probe: no answer within 10 s"));
-    }, 10_000);
-    const done = (v: string | null): void => {
-      clearTimeout(timer);
-      ws.close();
-      resolve(v);
-    };
-    ws.on("open", () => ws.send(frame(MessageType.AuthReq, { id: "probe", token: token("alice") })));
-    ws.on("message", (data: ArrayBuffer) => {
-      const f = decodeFrame(toBytes(data));
-      if (f.type === MessageType.AuthResp) ws.send(frame(MessageType.StartReplicationReq, { lsn: 0n, snapshot: true }));
-      else if (f.type === MessageType.StartReplicationResp) done(null);
-      else if (f.type === MessageType.ErrorResp) {
-        if (f.msg.code === ErrorCode.INVALID_REQUEST) done(`server answers INVALID_REQUEST to snapshot=true (protocol 1.1 not implemented yet): ${f.msg.message}`);
-        else reject(new Error(`snapshot probe: ${ErrorCode[f.msg.code]} ${f.msg.message}`));
-      }
-    });
-    ws.on("error", (e) => reject(e));
-  });
-}
 
 beforeAll(async () => {
   pg = await Postgres.start();
@@ -63,8 +26,6 @@ beforeAll(async () => {
     ${ledgerTxns(1, 20)}
   `);
   pgsat = await Pgsat.start(pg);
-  unsupported = await probeSnapshot(pgsat.wsUrl);
-  if (unsupported !== null) console.warn(`[pgsat 1.1 integration tests skipped] ${unsupported}`);
 }, 120_000);
 
 afterEach(() => {
@@ -103,8 +64,7 @@ function replicaState(c: PgsatClient): { items: unknown[]; ledger: unknown[] } {
 }
 
 describe("pgsat 1.1 integration (snapshot, view_id)", () => {
-  it("a snapshot taken while transactions commit, then live changes, equals the database", async (ctx) => {
-    if (unsupported !== null) ctx.skip(unsupported);
+  it("a snapshot taken while transactions commit, then live changes, equals the database", async () => {
     const c = client();
     const statuses: Status[] = [];
     c.onStatus((s) => statuses.push(s));
@@ -125,8 +85,7 @@ describe("pgsat 1.1 integration (snapshot, view_id)", () => {
     expect(c.lsn).toBeGreaterThan(0n);
   }, 60_000);
 
-  it("RESYNC_REQUIRED (a stale view_id) clears the replica and snapshots again to the right state", async (ctx) => {
-    if (unsupported !== null) ctx.skip(unsupported);
+  it("RESYNC_REQUIRED (a stale view_id) clears the replica and snapshots again to the right state", async () => {
     const store = new MemoryStore();
     const a = client({ persistence: store });
     await a.connect();

@@ -28,6 +28,7 @@ RUN mkdir -p src benches \
  && echo 'fn main() {}' > benches/latency.rs \
  && echo 'fn main() {}' > benches/fanout.rs \
  && echo 'fn main() {}' > benches/idle.rs \
+ && echo 'fn main() {}' > benches/filtered_fanout.rs \
  && cargo build --release --locked \
  && rm -rf src benches \
            target/release/pgsat target/release/deps/pgsat-* \

@@ -184,6 +184,8 @@ pub fn postgres_pids(pg: &crate::support::PgServer) -> Vec<u32> {
     pids
 }
 
+pub mod fan;
+
 /// Light protocol client pieces: just enough of protocol.md to authenticate,
 /// start and count rows, without decoding rows.
 pub mod light {
@@ -247,12 +249,16 @@ pub mod light {
         pub rows: u64,
         /// `Commit.commit_time` of each Commit in the body (µs, Unix epoch).
         pub commits: Vec<i64>,
+        /// Rows whose owner (first column of an Insert) was not the one
+        /// expected, and updates/deletes when an owner is expected.
+        pub foreign: u64,
     }
 
     /// Walks `OpLog{repeated TransOp ops = 1}`: TransOp field 3/4/5 (insert,
     /// update, delete) counts a row; field 2 is a Commit whose field 2 is the
-    /// commit time.
-    pub fn count_oplog(body: &[u8], out: &mut OpCounts) -> Option<()> {
+    /// commit time. With `owner`, an Insert's row (TransOp 3 → Insert.row 2
+    /// → Row.values 2) whose first value differs counts in `foreign`.
+    pub fn count_oplog(body: &[u8], owner: Option<&[u8]>, out: &mut OpCounts) -> Option<()> {
         let mut pos = 0;
         while pos < body.len() {
             let key = varint(body, &mut pos)?;
@@ -266,7 +272,20 @@ pub mod light {
             let mut p = 0;
             let op_key = varint(op, &mut p)?;
             match op_key >> 3 {
-                3..=5 => out.rows += 1,
+                3 => {
+                    out.rows += 1;
+                    if let Some(owner) = owner {
+                        if first_value(op, p)? != owner {
+                            out.foreign += 1;
+                        }
+                    }
+                }
+                4 | 5 => {
+                    out.rows += 1;
+                    if owner.is_some() {
+                        out.foreign += 1;
+                    }
+                }
                 2 => {
                     let clen = varint(op, &mut p)? as usize;
                     let commit = op.get(p..p + clen)?;
@@ -285,5 +304,38 @@ pub mod light {
             }
         }
         Some(())
+    }
+
+    /// The first `values` entry of the Insert whose length-delimited body
+    /// starts at `op[p..]` (its length varint first).
+    fn first_value(op: &[u8], mut p: usize) -> Option<&[u8]> {
+        let len = varint(op, &mut p)? as usize;
+        let insert = op.get(p..p.checked_add(len)?)?;
+        let row = field(insert, 2)?;
+        field(row, 2)
+    }
+
+    /// The first occurrence of length-delimited field `num` in `msg`.
+    fn field(msg: &[u8], num: u64) -> Option<&[u8]> {
+        let mut p = 0;
+        while p < msg.len() {
+            let key = varint(msg, &mut p)?;
+            match key & 7 {
+                0 => {
+                    varint(msg, &mut p)?;
+                }
+                2 => {
+                    let len = varint(msg, &mut p)? as usize;
+                    let end = p.checked_add(len)?;
+                    let v = msg.get(p..end)?;
+                    if key >> 3 == num {
+                        return Some(v);
+                    }
+                    p = end;
+                }
+                _ => return None,
+            }
+        }
+        None
     }
 }

@@ -49,22 +49,6 @@ fn metric_value(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Reads frames until `n` whole transactions arrived.
-async fn read_txns(c: &mut RawClient, r: &mut TxnReader, n: usize) -> Vec<support::pgsat::Txn> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let f = c.recv_timeout(T).await.expect("stream frame");
-        assert!(
-            f.ty == 9 || f.ty == 10,
-            "unexpected frame {} {:?}",
-            f.ty,
-            f.error()
-        );
-        out.extend(r.feed(&f));
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_step1_auth_rules() {
     let (_pg, _dir, p) = setup(&[("AUTH_TIMEOUT", "300ms"), ("SERVER_ID", "conf-1")]).await;
@@ -254,7 +238,7 @@ async fn session_step2_replication_and_exact_resume() {
     .await
     .expect("update and delete");
     let mut r = TxnReader::default();
-    let txns = read_txns(&mut c, &mut r, 2).await;
+    let txns = c.read_txns(&mut r, 2).await;
     assert!(
         txns[0].lsn > start.lsn && txns[1].lsn > txns[0].lsn,
         "commit order"
@@ -302,7 +286,7 @@ async fn session_step2_replication_and_exact_resume() {
     let resp = c2.start(txns[0].lsn).await;
     assert_eq!(resp.lsn, txns[0].lsn);
     let mut r2 = TxnReader::default();
-    let again = read_txns(&mut c2, &mut r2, 2).await;
+    let again = c2.read_txns(&mut r2, 2).await;
     assert_eq!(again[0], txns[1], "the same transaction, byte for byte");
     assert!(again[1].lsn > txns[1].lsn);
     assert_eq!(r2.relation_frames, 1, "each relation once per session");
@@ -425,7 +409,7 @@ async fn session_step4_expiry_pauses_and_refresh_resumes_without_gap() {
         .await
         .expect("insert");
     let mut r = TxnReader::default();
-    let first = read_txns(&mut c, &mut r, 1).await;
+    let first = c.read_txns(&mut r, 1).await;
     // Expiry → TOKEN_EXPIRED, stream paused.
     expect_error(&mut c, pb::ErrorCode::TokenExpired).await;
     db.batch_execute("INSERT INTO todos (owner, title) VALUES ('alice', 'while paused')")
@@ -441,7 +425,7 @@ async fn session_step4_expiry_pauses_and_refresh_resumes_without_gap() {
     // A valid refresh resumes exactly where it paused.
     let resp = c.auth(&insecure_token("alice", 3600)).await;
     assert_eq!(resp.user_id, "alice");
-    let after = read_txns(&mut c, &mut r, 1).await;
+    let after = c.read_txns(&mut r, 1).await;
     assert!(after[0].lsn > first[0].lsn);
 
     // Without a refresh within the grace the connection closes.
@@ -471,7 +455,7 @@ async fn behind_window_when_the_log_no_longer_holds_the_position() {
     .await
     .expect("first");
     let mut r = TxnReader::default();
-    let first = read_txns(&mut c, &mut r, 1).await;
+    let first = c.read_txns(&mut r, 1).await;
     for _ in 0..40 {
         db.batch_execute(
             "INSERT INTO todos (owner, title) SELECT 'alice', repeat('y', 200) FROM generate_series(1, 20);",

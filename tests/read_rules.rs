@@ -23,18 +23,7 @@ const T: Duration = Duration::from_secs(15);
 
 /// An unsigned (alg none) JWT with `user_id` and `extra` claims.
 fn token(user: &str, extra: Value) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64;
-    let mut claims = json!({"user_id": user, "iat": now, "exp": now + 3600});
-    if let (Some(c), Value::Object(e)) = (claims.as_object_mut(), extra) {
-        c.extend(e);
-    }
-    let header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
-    format!("{header}.{}.", b64.encode(claims.to_string()))
+    support::pgsat::insecure_token_with(user, 3600, extra)
 }
 
 /// A fresh directory `name` under `dir`.

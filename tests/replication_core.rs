@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pgsat::protocol::pb;
 use pgsat::protocol::pb::trans_op::Op;
-use support::pgsat::{cell, insecure_token, Pgsat, RawClient, Txn, TxnReader};
+use support::pgsat::{cell, insecure_token, Pgsat, RawClient, TxnReader};
 use support::PgServer;
 
 const T: Duration = Duration::from_secs(30);
@@ -54,21 +54,6 @@ async fn client(p: &Pgsat, from: u64) -> RawClient {
     c
 }
 
-async fn read_txns(c: &mut RawClient, r: &mut TxnReader, n: usize) -> Vec<Txn> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let f = c.recv_timeout(T).await.expect("stream frame");
-        assert!(
-            f.ty == 9 || f.ty == 10,
-            "unexpected frame {} {:?}",
-            f.ty,
-            f.error()
-        );
-        out.extend(r.feed(&f));
-    }
-    out
-}
-
 fn row_of(op: &Op) -> &pb::Row {
     match op {
         Op::Insert(i) => i.row.as_ref().expect("row"),
@@ -104,7 +89,7 @@ async fn every_common_type_arrives_as_postgres_text() {
     .await
     .expect("insert");
     let mut r = TxnReader::default();
-    let txn = read_txns(&mut c, &mut r, 1).await.remove(0);
+    let txn = c.read_txns_within(&mut r, 1, T).await.remove(0);
     let rel = r
         .relations
         .values()
@@ -179,7 +164,7 @@ async fn replica_identities_and_primary_key_change() {
     )
     .await;
     let mut r = TxnReader::default();
-    let txns = read_txns(&mut c, &mut r, 13).await;
+    let txns = c.read_txns_within(&mut r, 13, T).await;
     let rel_id = |t: &str| {
         r.relations
             .values()
@@ -281,7 +266,7 @@ async fn unchanged_toast_is_marked_or_filled_by_replica_identity() {
     )
     .await;
     let mut r = TxnReader::default();
-    let txns = read_txns(&mut c, &mut r, 4).await;
+    let txns = c.read_txns_within(&mut r, 4, T).await;
     let doc_full: String = db
         .query_one("SELECT doc FROM big_full", &[])
         .await
@@ -348,7 +333,7 @@ async fn fifty_concurrent_writers_arrive_whole_in_commit_order() {
         }
     }
     let mut r = TxnReader::default();
-    let txns = read_txns(&mut c, &mut r, expected.len()).await;
+    let txns = c.read_txns_within(&mut r, expected.len(), T).await;
     let mut last = 0;
     let mut seen = HashSet::new();
     for t in &txns {

@@ -177,17 +177,23 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 
 /// An unsigned (alg none) JWT for insecure mode.
 pub fn insecure_token(user_id: &str, ttl_secs: i64) -> String {
+    insecure_token_with(user_id, ttl_secs, serde_json::Value::Null)
+}
+
+/// As [`insecure_token`], with the claims of the `extra` object added.
+pub fn insecure_token_with(user_id: &str, ttl_secs: i64, extra: serde_json::Value) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs() as i64;
+    let mut claims = serde_json::json!({"user_id": user_id, "iat": now, "exp": now + ttl_secs});
+    if let (Some(c), serde_json::Value::Object(e)) = (claims.as_object_mut(), extra) {
+        c.extend(e);
+    }
     let header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
-    let claims = b64.encode(
-        serde_json::json!({"user_id": user_id, "iat": now, "exp": now + ttl_secs}).to_string(),
-    );
-    format!("{header}.{claims}.")
+    format!("{header}.{}.", b64.encode(claims.to_string()))
 }
 
 /// A frame as the contract defines it: type byte + protobuf body.
@@ -318,12 +324,19 @@ impl RawClient {
     /// Reads frames until `n` whole transactions arrived; every frame must be
     /// a Relation or an OpLog, each within 10 s.
     pub async fn read_txns(&mut self, r: &mut TxnReader, n: usize) -> Vec<Txn> {
+        self.read_txns_within(r, n, Duration::from_secs(10)).await
+    }
+
+    /// As [`RawClient::read_txns`], each frame within `within`.
+    pub async fn read_txns_within(
+        &mut self,
+        r: &mut TxnReader,
+        n: usize,
+        within: Duration,
+    ) -> Vec<Txn> {
         let mut out = Vec::new();
         while out.len() < n {
-            let f = self
-                .recv_timeout(Duration::from_secs(10))
-                .await
-                .expect("stream frame");
+            let f = self.recv_timeout(within).await.expect("stream frame");
             assert!(
                 f.ty == 9 || f.ty == 10,
                 "unexpected frame {} {:?}",

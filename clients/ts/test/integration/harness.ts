@@ -11,6 +11,8 @@ import { createServer } from "node:net";
 import { delimiter, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
+import { WebSocket } from "ws";
+import { PgsatClient, type PgsatClientOptions, type WebSocketConstructor } from "../../src/index.js";
 const HERE = dirname(fileURLToPath(import.meta.url));
 export const PGSAT_BIN = resolve(HERE, "../..", process.env.PGSAT_BIN ?? "../../target/debug/pgsat");
 
@@ -330,3 +332,31 @@ export function ledgerTxns(from: number, to: number, sleepMs = 0): string {
 }
 
 export { spawn, writeFileSync, join };
+
+/**
+ * The clients of one test file: `client(opts)` builds one against the
+ * current `url()` with the test defaults (Node's WebSocket, int8 as string,
+ * fast backoff) plus the file's `defaults`; `closeAll()` closes every client
+ * made so far (call it in afterEach).
+ */
+export function testClients(url: () => string, defaults: Partial<PgsatClientOptions>) {
+  const made: PgsatClient[] = [];
+  return {
+    client(opts: Partial<PgsatClientOptions> = {}): PgsatClient {
+      const c = new PgsatClient({
+        url: url(),
+        getToken: async () => token("alice"),
+        int8: "string",
+        WebSocket: WebSocket as unknown as WebSocketConstructor,
+        backoff: { initialMs: 50, maxMs: 500 },
+        ...defaults,
+        ...opts,
+      });
+      made.push(c);
+      return c;
+    },
+    closeAll(): void {
+      for (const c of made.splice(0)) c.close();
+    },
+  };
+}

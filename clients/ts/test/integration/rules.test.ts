@@ -4,9 +4,8 @@
 // with the rule's WHERE.
 import { isDeepStrictEqual } from "node:util";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { WebSocket } from "ws";
-import { MemoryStore, PgsatClient, type ClientError, type PgsatClientOptions, type Status, type WebSocketConstructor } from "../../src/index.js";
-import { join, Pgsat, Postgres, sleep, teardown, token, waitUntil, writeFileSync } from "./harness.js";
+import { MemoryStore, PgsatClient, type ClientError, type Status } from "../../src/index.js";
+import { join, Pgsat, Postgres, sleep, teardown, token, waitUntil, writeFileSync, testClients } from "./harness.js";
 
 /** docs: alice's own, or her teams'. users and notes are not listed: sent to nobody. */
 const RULES_A = `
@@ -28,7 +27,6 @@ const WHERE_B = (user: string): string => `owner = '${user}'`;
 let pg: Postgres;
 let pgsat: Pgsat;
 let rulesPath: string;
-const clients: PgsatClient[] = [];
 
 beforeAll(async () => {
   pg = await Postgres.start();
@@ -49,25 +47,11 @@ beforeAll(async () => {
   pgsat = await Pgsat.start(pg, { env: { RULES_FILE: rulesPath } });
 }, 120_000);
 
-afterEach(() => {
-  for (const c of clients.splice(0)) c.close();
-});
+afterEach(() => closeAll());
 
 afterAll(() => teardown());
 
-function client(opts: Partial<PgsatClientOptions> = {}): PgsatClient {
-  const c = new PgsatClient({
-    url: pgsat.wsUrl,
-    getToken: async () => token("alice", 3600, { teams: ["red"] }),
-    snapshot: true,
-    int8: "string",
-    WebSocket: WebSocket as unknown as WebSocketConstructor,
-    backoff: { initialMs: 50, maxMs: 500 },
-    ...opts,
-  });
-  clients.push(c);
-  return c;
-}
+const { client, closeAll } = testClients(() => pgsat.wsUrl, { getToken: async () => token("alice", 3600, { teams: ["red"] }), snapshot: true });
 
 type Doc = { id: string; owner: string; team: string | null; title: string };
 

@@ -2,13 +2,11 @@
 // live changes, exact resume after SIGKILL + restart, token refresh.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { isDeepStrictEqual } from "node:util";
-import { WebSocket } from "ws";
-import { PgsatClient, type ChangeEvent, type PgsatClientOptions, type Status, type WebSocketConstructor } from "../../src/index.js";
-import { ledgerTxns, Pgsat, Postgres, SCHEMA, sleep, teardown, token, waitUntil } from "./harness.js";
+import { PgsatClient, type ChangeEvent, type Status } from "../../src/index.js";
+import { ledgerTxns, Pgsat, Postgres, SCHEMA, sleep, teardown, token, waitUntil, testClients } from "./harness.js";
 
 let pg: Postgres;
 let pgsat: Pgsat;
-const clients: PgsatClient[] = [];
 
 beforeAll(async () => {
   pg = await Postgres.start();
@@ -16,25 +14,11 @@ beforeAll(async () => {
   pgsat = await Pgsat.start(pg);
 }, 120_000);
 
-afterEach(() => {
-  for (const c of clients.splice(0)) c.close();
-});
+afterEach(() => closeAll());
 
 afterAll(() => teardown());
 
-function client(opts: Partial<PgsatClientOptions> = {}): PgsatClient {
-  const c = new PgsatClient({
-    url: pgsat.wsUrl,
-    getToken: async () => token("alice"),
-    snapshot: false,
-    int8: "string",
-    WebSocket: WebSocket as unknown as WebSocketConstructor,
-    backoff: { initialMs: 50, maxMs: 500 },
-    ...opts,
-  });
-  clients.push(c);
-  return c;
-}
+const { client, closeAll } = testClients(() => pgsat.wsUrl, { snapshot: false });
 
 /** Records every ledger change the client reports and every status it goes through. */
 function record(c: PgsatClient): { ledger: string[]; lsns: bigint[]; statuses: Status[] } {

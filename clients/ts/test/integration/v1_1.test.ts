@@ -2,20 +2,16 @@
 // No skip path: the server implements 1.1, and a skip would hide a regression.
 import { isDeepStrictEqual } from "node:util";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { WebSocket } from "ws";
 import {
   MemoryStore,
   PgsatClient,
   type ClientError,
-  type PgsatClientOptions,
   type Status,
-  type WebSocketConstructor,
 } from "../../src/index.js";
-import { ledgerTxns, Pgsat, Postgres, SCHEMA, sleep, teardown, token, waitUntil } from "./harness.js";
+import { ledgerTxns, Pgsat, Postgres, SCHEMA, sleep, teardown, token, waitUntil, testClients } from "./harness.js";
 
 let pg: Postgres;
 let pgsat: Pgsat;
-const clients: PgsatClient[] = [];
 
 beforeAll(async () => {
   pg = await Postgres.start();
@@ -28,25 +24,11 @@ beforeAll(async () => {
   pgsat = await Pgsat.start(pg);
 }, 120_000);
 
-afterEach(() => {
-  for (const c of clients.splice(0)) c.close();
-});
+afterEach(() => closeAll());
 
 afterAll(() => teardown());
 
-function client(opts: Partial<PgsatClientOptions> = {}): PgsatClient {
-  const c = new PgsatClient({
-    url: pgsat.wsUrl,
-    getToken: async () => token("alice"),
-    snapshot: true,
-    int8: "string",
-    WebSocket: WebSocket as unknown as WebSocketConstructor,
-    backoff: { initialMs: 50, maxMs: 500 },
-    ...opts,
-  });
-  clients.push(c);
-  return c;
-}
+const { client, closeAll } = testClients(() => pgsat.wsUrl, { snapshot: true });
 
 function dbState(): { items: unknown[]; ledger: unknown[] } {
   return {

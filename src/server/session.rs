@@ -445,10 +445,11 @@ impl Session {
             );
             self.set_state_unless_paused(SessionState::Streaming);
             // Rows: the session's tables, each filtered by its read rule.
+            // (No stream filter: no rules and every table.)
             let view = self.view.clone();
-            let sub = Subscription::from_names(&req.tables).unwrap_or_default();
+            let sub = filter.as_ref().map(|f| f.sub.clone());
             let rows: snapshot_phase::RowFilter = Box::new(move |schema: &str, table: &str| {
-                if !sub.includes(schema, table) {
+                if sub.as_ref().is_some_and(|s| !s.includes(schema, table)) {
                     return None;
                 }
                 view.where_sql(schema, table)

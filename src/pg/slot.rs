@@ -75,7 +75,10 @@ pub async fn ensure_publication(client: &Client, name: &str) -> Result<bool, PgE
     match client.batch_execute(&sql).await {
         Ok(()) => Ok(true),
         Err(e) => match PgError::from(e) {
-            PgError::Server { code, .. } if code == "42710" => Ok(false),
+            // Created meanwhile by someone else: 42710 when their creation
+            // had committed, 23505 (the catalog's unique index) when both
+            // inserted at once.
+            PgError::Server { code, .. } if code == "42710" || code == "23505" => Ok(false),
             PgError::Server { code, message, .. } if code == "42501" => {
                 Err(PgError::Setup(format!(
                     "cannot create publication {name:?}: {message} (SQLSTATE 42501). A publication \

@@ -33,6 +33,8 @@
 //! | `pgsat_slow_consumer_disconnects_total` | counter | sessions closed with SLOW_CONSUMER |
 //! | `pgsat_auth_insecure_mode` | gauge | 1 when AUTH_MODE=insecure (tokens not verified) |
 //! | `pgsat_read_rules_enabled` | gauge | 1 when RULES_FILE is loaded |
+//! | `pgsat_routed_sessions` | gauge | filtered sessions at the live end, woken only for transactions they may read |
+//! | `pgsat_router_evictions_total` | counter | routed sessions sent back to reading the log themselves because they fell behind |
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -258,6 +260,8 @@ pub struct Metrics {
 
     pub auth_insecure_mode: IntGauge,
     pub read_rules_enabled: IntGauge,
+    pub routed_sessions: IntGauge,
+    pub router_evictions: IntCounter,
 }
 
 /// Every `ErrorCode` value, in number order.
@@ -462,6 +466,14 @@ impl Metrics {
             read_rules_enabled: gauge(
                 "pgsat_read_rules_enabled",
                 "1 when read rules (RULES_FILE) are loaded.",
+            )?,
+            routed_sessions: gauge(
+                "pgsat_routed_sessions",
+                "Filtered sessions at the live end, woken only for transactions they may read.",
+            )?,
+            router_evictions: counter(
+                "pgsat_router_evictions_total",
+                "Routed sessions sent back to reading the log themselves because they fell behind.",
             )?,
             registry,
         })

@@ -1613,28 +1613,6 @@ async fn insert(db: &tokio_postgres::Client, owner: &str, title: &str) {
     .expect("insert");
 }
 
-fn metric(p: &Pgsat, series: &str) -> f64 {
-    let text = p.metrics();
-    exposition::parse(&text)
-        .expect("/metrics parses")
-        .into_iter()
-        .find(|s| {
-            let labels: Vec<String> = s
-                .labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{v}\""))
-                .collect();
-            let full = if labels.is_empty() {
-                s.name.clone()
-            } else {
-                format!("{}{{{}}}", s.name, labels.join(","))
-            };
-            full == series
-        })
-        .map(|s| s.value)
-        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
-}
-
 /// Token refresh, expiry and deletion on live sessions, in one mode.
 async fn run_refresh(mode: Mode) {
     let pg = start_pg().await;
@@ -1823,7 +1801,7 @@ async fn run_refresh(mode: Mode) {
     assert!(!r.in_transaction(), "paused inside a transaction");
     assert!(
         wait_until(T, || async {
-            metric(&s.p, "pgsat_sessions{state=\"paused\"}") == 1.0
+            s.p.metric("pgsat_sessions{state=\"paused\"}") == 1.0
         })
         .await,
         "sessions{{state=paused}} is not 1"
@@ -1866,7 +1844,7 @@ async fn run_refresh(mode: Mode) {
         ["e1", "p1", "p2", "p3"],
         "lost or repeated across the pause"
     );
-    assert_eq!(metric(&s.p, "pgsat_sessions{state=\"paused\"}"), 0.0);
+    assert_eq!(s.p.metric("pgsat_sessions{state=\"paused\"}"), 0.0);
 
     // 4. Expiry without a refresh within the grace: TOKEN_EXPIRED, then
     //    TOKEN_EXPIRED again and close; no transaction in between.
@@ -1896,7 +1874,7 @@ async fn run_refresh(mode: Mode) {
     // 4b. Expired before starting: StartReplicationReq is answered, the
     //    session stays paused (no stream, counted as paused) until a
     //    refresh, after which it streams.
-    let paused_gauge = |p: &Pgsat| metric(p, "pgsat_sessions{state=\"paused\"}");
+    let paused_gauge = |p: &Pgsat| p.metric("pgsat_sessions{state=\"paused\"}");
     let mut c4 = RawClient::connect(p_tcp).await;
     c4.auth(&tok("bob", now() + 3)).await;
     s.tell("ok", "ok");
@@ -1926,11 +1904,11 @@ async fn run_refresh(mode: Mode) {
     insert(&db, "bob", "c4").await;
     let mut r4 = TxnReader::default();
     assert_eq!(title(&c4.read_txns(&mut r4, 1).await[0]), "c4");
-    let streaming_before = metric(&s.p, "pgsat_sessions{state=\"streaming\"}");
+    let streaming_before = s.p.metric("pgsat_sessions{state=\"streaming\"}");
     drop(c4);
     assert!(
         wait_until(T, || async {
-            metric(&s.p, "pgsat_sessions{state=\"streaming\"}") == streaming_before - 1.0
+            s.p.metric("pgsat_sessions{state=\"streaming\"}") == streaming_before - 1.0
         })
         .await
     );
@@ -1995,7 +1973,7 @@ async fn run_refresh(mode: Mode) {
     )
     .await;
     assert_eq!(
-        metric(&s.p, "pgsat_sessions_closed_total{reason=\"user_deleted\"}"),
+        s.p.metric("pgsat_sessions_closed_total{reason=\"user_deleted\"}"),
         5.0
     );
     s.check_metrics();

@@ -282,16 +282,6 @@ async fn log_end_on_disk(pg: &PgServer, p: &Pgsat) -> u64 {
     end
 }
 
-#[allow(dead_code)]
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_sends_shutting_down_after_whole_transactions_and_exits_zero() {
     let (pg, _dir, mut p) = setup(&[]).await;

@@ -41,14 +41,6 @@ async fn expect_error(c: &mut RawClient, code: pb::ErrorCode) -> pb::ErrorResp {
     e
 }
 
-/// The value of an unlabelled sample in a Prometheus text exposition.
-fn metric_value(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .find_map(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_step1_auth_rules() {
     let (_pg, _dir, p) = setup(&[("AUTH_TIMEOUT", "300ms"), ("SERVER_ID", "conf-1")]).await;
@@ -471,10 +463,9 @@ async fn behind_window_when_the_log_no_longer_holds_the_position() {
     // All 41 transactions in the log, the window holding far fewer: the one
     // after `first` is gone too.
     let moved = support::wait_until(T, || async {
-        let m = p.metrics();
-        metric_value(&m, "pgsat_replication_transactions_total") >= 41.0
-            && metric_value(&m, "pgsat_window_oldest_lsn") > first_lsn as f64
-            && metric_value(&m, "pgsat_window_transactions") < 30.0
+        p.metric("pgsat_replication_transactions_total") >= 41.0
+            && p.metric("pgsat_window_oldest_lsn") > first_lsn as f64
+            && p.metric("pgsat_window_transactions") < 30.0
     })
     .await;
     assert!(moved, "retention never moved past the first transaction");

@@ -1058,6 +1058,12 @@ async fn random_workload() {
             r.rows, expected
         );
     }
+    // The clients that never disconnect (7) are at the live end: routed.
+    assert!(
+        wait_until(T, || async { p.metric("pgsat_routed_sessions") >= 7.0 }).await,
+        "live filtered sessions are routed: {}",
+        p.metric("pgsat_routed_sessions")
+    );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for t in tasks {
         t.await.expect("client task");
@@ -1269,4 +1275,129 @@ async fn tail_with_tables_prints_only_readable_rows() {
     assert_eq!(changes.len(), 1, "{line}");
     assert_eq!(changes[0]["table"], "todos", "{line}");
     assert_eq!(changes[0]["row"]["owner"], "alice", "{line}");
+}
+
+/// Filtered sessions at the live end are routed (woken only for their
+/// rows). One that stops reading while its rows keep coming is evicted back
+/// to reading the log itself, and when it reads again it gets every one of
+/// its transactions exactly once, in order, then joins the router again;
+/// another session of the same view and one of another user never notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_session_that_stops_reading_catches_up_exactly() {
+    let pg = PgServer::start();
+    let db = pg.client().await;
+    db.batch_execute(SCHEMA).await.expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_rules(dir.path(), "rules.toml", RULES);
+    let p = Pgsat::start(
+        &pg,
+        &subdir(dir.path(), "data"),
+        &[("RULES_FILE", &path), ("CLIENT_MAX_LAG_BYTES", "512MiB")],
+    );
+    let start = |user: &'static str| {
+        let p = &p;
+        async move {
+            let mut c = connect(p, &token(user, json!({}))).await;
+            start_req(&mut c, pb::StartReplicationReq::default())
+                .await
+                .expect("start");
+            c
+        }
+    };
+    let mut stalled = start("alice").await;
+    let mut alice = start("alice").await;
+    let mut bob = start("bob").await;
+    assert!(
+        wait_until(T, || async { p.metric("pgsat_routed_sessions") == 3.0 }).await,
+        "the three sessions were never routed"
+    );
+
+    // 40 transactions, each 100 rows of alice (~4 KB each: 16 MB in all,
+    // more than socket buffers, queue and mailbox hold) and 100 of bob.
+    const TXNS: i32 = 40;
+    let write = |round: i32| {
+        let db = &db;
+        async move {
+            db.batch_execute(&format!(
+                "INSERT INTO todos SELECT g, CASE WHEN g % 2 = 0 THEN 'alice' ELSE 'bob' END, repeat('r', 4000) \
+                 FROM generate_series({}, {}) g",
+                round * 1000,
+                round * 1000 + 199
+            ))
+            .await
+            .expect("insert");
+        }
+    };
+    // The readers keep up while the writes run; `stalled` reads nothing.
+    let mut got: BTreeMap<&str, Vec<Txn>> = BTreeMap::new();
+    let (mut ra, mut rb) = (TxnReader::default(), TxnReader::default());
+    for round in 0..TXNS {
+        write(round).await;
+        got.entry("alice")
+            .or_default()
+            .extend(read_until(&mut alice, &mut ra, 1).await);
+        got.entry("bob")
+            .or_default()
+            .extend(read_until(&mut bob, &mut rb, 1).await);
+    }
+    assert!(
+        wait_until(T, || async {
+            p.metric("pgsat_router_evictions_total") >= 1.0
+        })
+        .await,
+        "the stalled session was never evicted"
+    );
+    // It reads again: all 40 transactions, once each, in order.
+    let mut rs = TxnReader::default();
+    let mut seen: Vec<Txn> = Vec::new();
+    while seen.len() < TXNS as usize {
+        let f = stalled.recv_timeout(T).await.expect("stalled frame");
+        assert!(
+            f.ty == 9 || f.ty == 10,
+            "unexpected frame {} {:?}",
+            f.ty,
+            f.error()
+        );
+        seen.extend(rs.feed(&f));
+    }
+    // And joins the router again once caught up; a last transaction reaches all.
+    assert!(
+        wait_until(T, || async { p.metric("pgsat_routed_sessions") == 3.0 }).await,
+        "the caught-up session did not rejoin"
+    );
+    write(TXNS).await;
+    seen.extend(read_until(&mut stalled, &mut rs, 1).await);
+    got.entry("alice")
+        .or_default()
+        .extend(read_until(&mut alice, &mut ra, 1).await);
+    got.entry("bob")
+        .or_default()
+        .extend(read_until(&mut bob, &mut rb, 1).await);
+
+    let check = |who: &str, txns: &[Txn], r: &TxnReader| {
+        assert_eq!(txns.len(), TXNS as usize + 1, "{who}: transactions");
+        assert!(
+            txns.windows(2).all(|w| w[0].lsn < w[1].lsn),
+            "{who}: commit order, no duplicate"
+        );
+        let owner = if who == "bob" { "bob" } else { "alice" };
+        for (i, t) in txns.iter().enumerate() {
+            let rs = rows(r, t);
+            assert_eq!(rs.len(), 100, "{who}: rows of transaction {i}");
+            assert!(
+                rs.iter().all(|(table, op, v)| table == "todos"
+                    && *op == "insert"
+                    && v[1].as_deref() == Some(owner)),
+                "{who}: only {owner}'s rows"
+            );
+        }
+    };
+    check("stalled alice", &seen, &rs);
+    check("alice", &got["alice"], &ra);
+    check("bob", &got["bob"], &rb);
+    assert_eq!(
+        seen.iter().map(|t| t.lsn).collect::<Vec<_>>(),
+        got["alice"].iter().map(|t| t.lsn).collect::<Vec<_>>(),
+        "the stalled session got the same transactions as the live one"
+    );
 }

@@ -721,7 +721,7 @@ async fn workload_client(
 
 /// The combined workload: two writers insert, move rows between
 /// owners and teams (NULLs and unicode included), delete, and one
-/// truncates, while 10 clients of different users and claims (some with
+/// truncates, while 20 clients of different users and claims (some with
 /// `tables`) run: all start with snapshots, four of them only once the
 /// writes are under way; half disconnect now and then (mid-snapshot too)
 /// and resume with (lsn, view_id); one refreshes its token with changed
@@ -768,8 +768,29 @@ async fn snapshots_resumes_and_resync_under_concurrent_writes() {
             false,
         ),
     ];
+    // Ten more: the same users with other claims and subscriptions, so
+    // that views are shared by some sessions and not by others.
+    plans.extend([
+        (Who::new("alice", &["t0"], None), true, None, true),
+        (Who::new("bob", &["t1", "t2"], None), false, None, false),
+        (Who::new("carol", &["grün 🌿"], None), true, None, false),
+        (Who::new("zoë 🚀", &["t1"], None), true, None, true),
+        (Who::new("dave", &["t3", "t9"], None), false, None, true),
+        (Who::new("alice", &[], None), false, None, false),
+        (
+            Who::new("bob", &["t0", "t1", "t2", "t3"], None),
+            true,
+            None,
+            true,
+        ),
+        (Who::new("carol", &["t2", "t3"], None), false, None, false),
+        (Who::new("zoë 🚀", &["grün 🌿"], None), true, None, false),
+        (Who::new("dave", &[], None), true, None, true),
+    ]);
     plans[4].0.tables = vec!["todos"];
     plans[5].0.tables = vec!["projects", "public.news"];
+    plans[12].0.tables = vec!["public.todos"];
+    plans[16].0.tables = vec!["projects"];
 
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(AtomicUsize::new(0));
@@ -858,8 +879,8 @@ async fn snapshots_resumes_and_resync_under_concurrent_writes() {
     };
     tokio::join!(writer(10_000, 1, None), writer(1_000_000, 2, Some(60)));
 
-    // The resyncing client (last) is under its new claims before comparing.
-    let last = states.last().expect("clients").clone();
+    // The resyncing client (the tenth) is under its new claims before comparing.
+    let last = states[9].clone();
     assert!(
         wait_until(Duration::from_secs(60), || {
             let last = last.clone();
@@ -895,7 +916,7 @@ async fn snapshots_resumes_and_resync_under_concurrent_writes() {
     assert_eq!(count(|s| s.resyncs), 1, "one client resynced");
     assert!(count(|s| s.reconnects) > 0, "some clients resumed");
     assert!(
-        count(|s| s.snapshots) >= 11,
+        count(|s| s.snapshots) >= 21,
         "every client took a snapshot, the resynced one twice"
     );
 }

@@ -77,6 +77,19 @@ impl Cursor {
         self.offset
     }
 
+    /// Log index of the next entry to fetch (one past the last entry
+    /// yielded, once the initial relations are out).
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+
+    /// Log index of the next entry, when everything fetched so far has been
+    /// yielded (nothing buffered, no disk read in flight): the position at
+    /// which another reader of the log can take over exactly.
+    pub fn idle_index(&self) -> Option<u64> {
+        (self.buf.is_empty() && self.reading.is_none()).then_some(self.next_index)
+    }
+
     /// The next entry; waits at the end of the log.
     pub async fn next(&mut self) -> Result<Entry, LogError> {
         loop {

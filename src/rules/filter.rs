@@ -377,30 +377,39 @@ impl FilterCache {
         if let Some(f) = lock(&self.filtered).get(&fk) {
             return f;
         }
-        let parsed = lock(&self.parsed).get(&txn.commit_lsn);
-        let parsed = match parsed {
-            Some(p) => p,
-            None => match parse_txn(&txn.frames) {
-                Ok(p) => {
-                    let p = Arc::new(TxnIndex::new(p));
-                    lock(&self.parsed).insert(txn.commit_lsn, p.clone(), p.weight());
-                    p
-                }
-                Err(e) => {
-                    tracing::error!(lsn = txn.commit_lsn, error = %e, "cannot filter a stored transaction; sent to no session with read rules");
-                    return Arc::new(Filtered {
-                        frames: None,
-                        frame_count: 0,
-                        relation_ids: Vec::new(),
-                    });
-                }
-            },
+        let Some(parsed) = self.parsed(txn) else {
+            return Arc::new(Filtered {
+                frames: None,
+                frame_count: 0,
+                relation_ids: Vec::new(),
+            });
         };
         let only = parsed.candidates(rels);
         let f = Arc::new(filter_ops(txn, &parsed.parsed, rels, &only));
         let weight = f.frames.as_ref().map_or(0, Bytes::len) + 64 + 4 * f.relation_ids.len();
         lock(&self.filtered).insert(fk, f.clone(), weight);
         f
+    }
+}
+
+impl FilterCache {
+    /// `txn` parsed and indexed (cached by commit LSN), or `None` (logged)
+    /// when its stored bytes cannot be parsed.
+    pub fn parsed(&self, txn: &TxnEntry) -> Option<Arc<TxnIndex>> {
+        if let Some(p) = lock(&self.parsed).get(&txn.commit_lsn) {
+            return Some(p);
+        }
+        match parse_txn(&txn.frames) {
+            Ok(p) => {
+                let p = Arc::new(TxnIndex::new(p));
+                lock(&self.parsed).insert(txn.commit_lsn, p.clone(), p.weight());
+                Some(p)
+            }
+            Err(e) => {
+                tracing::error!(lsn = txn.commit_lsn, error = %e, "cannot filter a stored transaction; sent to no session with read rules");
+                None
+            }
+        }
     }
 }
 

@@ -18,7 +18,8 @@ use super::filter::RelFilter;
 use super::view::Pred;
 use super::wire::{Cell, OpKind, ParsedTxn};
 
-type ValueIndex = HashMap<Box<[u8]>, Vec<usize>>;
+/// Cell text → ops (positions) whose new or old row holds it.
+pub type ValueIndex = HashMap<Box<[u8]>, Vec<usize>>;
 
 /// A parsed transaction with its lazily built value indexes.
 pub struct TxnIndex {
@@ -66,7 +67,21 @@ impl TxnIndex {
         self.parsed.frames.len() + self.parsed.ops.len() * 160 + cells * 24
     }
 
-    fn index(&self, rel: u32, col: usize) -> Arc<ValueIndex> {
+    /// Relations with row changes in this transaction.
+    pub fn relations(&self) -> impl Iterator<Item = u32> + '_ {
+        self.by_rel.keys().copied()
+    }
+
+    /// Relations truncated by this transaction.
+    pub fn truncated(&self) -> impl Iterator<Item = u32> + '_ {
+        self.truncates
+            .iter()
+            .filter_map(|&i| self.parsed.ops.get(i))
+            .flat_map(|op| op.truncate_ids.iter().copied())
+    }
+
+    /// The index of column `col` of relation `rel`, built on first use.
+    pub fn index(&self, rel: u32, col: usize) -> Arc<ValueIndex> {
         let mut m = self.values.lock().unwrap_or_else(|e| e.into_inner());
         m.entry((rel, col))
             .or_insert_with(|| {
@@ -140,5 +155,58 @@ impl TxnIndex {
                 .filter_map(|q| self.cand(rel, f, q))
                 .min_by_key(Vec::len),
         }
+    }
+}
+
+/// Which rows of one relation can matter to a view, in terms of values:
+/// an op can be readable only if its new or old row has one of `Values` in
+/// that column (the same derivation as [`TxnIndex::candidates`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// The relation is not sent to the view (but see truncates: none).
+    Nothing,
+    /// Any row may be readable.
+    All,
+    /// Only rows with one of these (column position, cell text) pairs.
+    Values(Vec<(usize, Box<[u8]>)>),
+}
+
+impl Route {
+    /// The route of a relation filter (`None` pred: not sent).
+    pub fn of(f: &RelFilter) -> Route {
+        match &f.pred {
+            None => Route::Nothing,
+            Some(p) => match route_pred(f, p) {
+                None => Route::All,
+                Some(mut v) => {
+                    v.sort();
+                    v.dedup();
+                    Route::Values(v)
+                }
+            },
+        }
+    }
+}
+
+/// `None`: every row.
+fn route_pred(f: &RelFilter, p: &Pred) -> Option<Vec<(usize, Box<[u8]>)>> {
+    match p {
+        Pred::True => None,
+        Pred::False => Some(Vec::new()),
+        Pred::Match { column, values } => Some(match f.column_index(column) {
+            None => Vec::new(),
+            Some(col) => values.iter().map(|v| (col, v.as_bytes().into())).collect(),
+        }),
+        Pred::Or(parts) => {
+            let mut all = Vec::new();
+            for q in parts {
+                all.extend(route_pred(f, q)?);
+            }
+            Some(all)
+        }
+        Pred::And(parts) => parts
+            .iter()
+            .filter_map(|q| route_pred(f, q))
+            .min_by_key(Vec::len),
     }
 }

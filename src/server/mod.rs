@@ -13,6 +13,7 @@
 pub mod listener;
 pub mod published;
 pub mod registry;
+pub mod router;
 pub mod session;
 pub mod snapshot_phase;
 pub mod transport;
@@ -50,7 +51,9 @@ pub struct ServerCtx {
     /// Read rules (`RULES_FILE`); `None`: every user reads every published row.
     pub rules: Option<Arc<Rules>>,
     /// Filtered transactions shared by sessions with the same view.
-    pub filter_cache: FilterCache,
+    pub filter_cache: Arc<FilterCache>,
+    /// Filtered sessions at the live end, woken only for what they read.
+    pub router: Arc<router::Router>,
     /// Publication membership, for `StartReplicationReq.tables`.
     pub published: Published,
 }
@@ -204,6 +207,7 @@ pub async fn run_until(
         shutdown.clone(),
     ));
 
+    let filter_cache = Arc::new(FilterCache::default());
     let ctx = Arc::new(ServerCtx {
         config: config.clone(),
         log: log.clone(),
@@ -212,7 +216,8 @@ pub async fn run_until(
         registry,
         shutdown: shutdown.clone(),
         rules,
-        filter_cache: FilterCache::default(),
+        filter_cache: filter_cache.clone(),
+        router: router::Router::new(log.clone(), filter_cache, metrics.clone()),
         published: Published::new(params.clone(), config.publication.clone()),
     });
     let tcp = TcpListener::bind(config.listen_addr)

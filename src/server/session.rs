@@ -23,11 +23,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::time::{sleep_until, Sleep};
 
+use super::router::{Member, Routed};
 use super::snapshot_phase::{self, Catchup, PhaseMsg, SnapshotPhase};
 use super::transport::{Incoming, OutQueue, Reader, Writer};
 use super::ServerCtx;
 use crate::auth::Principal;
-use crate::log::{Cursor, Entry, LogError};
+use crate::log::{Cursor, Entry, LogError, RelationEntry, TxnEntry};
 use crate::metrics::{AuthResult, CloseReason, SessionState};
 use crate::protocol::frame::encode_frame;
 use crate::protocol::message::ClientMessage;
@@ -35,7 +36,7 @@ use crate::protocol::msg_type::MsgType;
 use crate::protocol::pb;
 use crate::protocol::pb::ErrorCode;
 use crate::rules::snapshot::SnapshotItem;
-use crate::rules::{RelFilter, Subscription, View};
+use crate::rules::{Filtered, RelFilter, Subscription, View};
 
 /// Queue size above which the session stops pulling from its cursor until the
 /// socket drains.
@@ -45,8 +46,19 @@ const BLOCKED_LAG_CHECK: Duration = Duration::from_millis(200);
 /// Time given to flush the last frames (an error, SHUTTING_DOWN) before close.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
+/// Where a stream's transactions come from.
+enum Source {
+    /// The session reads the log itself (every session at first; filtered
+    /// ones until their cursor has caught up with the router).
+    Cursor(Box<Cursor>),
+    /// A filtered session at the live end: the router hands it only the
+    /// transactions it may read (see router.rs). `lsn`: the last commit
+    /// taken (older ones redelivered after a join are dropped).
+    Routed { member: Member, lsn: u64 },
+}
+
 struct Stream {
-    cursor: Cursor,
+    source: Source,
     /// Relation definitions in force at the cursor (from the log).
     in_force: HashMap<u32, Bytes>,
     /// Once the session has been within CLIENT_MAX_LAG_BYTES of the head, it
@@ -261,6 +273,7 @@ impl Session {
             if let Some(reason) = self.closing.take() {
                 return reason;
             }
+            self.maybe_route();
             let paused = self.paused_until.is_some();
             let can_pull =
                 self.stream.is_some() && !paused && self.out.len_bytes() < QUEUE_HIGH_WATER;
@@ -288,9 +301,13 @@ impl Session {
                         return CloseReason::ClientClosed;
                     }
                 }
-                entry = next_entry(&mut self.stream), if can_pull => {
-                    match entry {
-                        Ok(entry) => self.on_entry(entry),
+                next = next_entry(&mut self.stream), if can_pull => {
+                    match next {
+                        Ok(Next::Entry(Entry::Relation(rel))) => self.on_relation(&rel),
+                        Ok(Next::Entry(Entry::Txn(txn))) => self.on_txn(&txn),
+                        Ok(Next::Routed(Routed::Relation(rel))) => self.on_relation(&rel),
+                        Ok(Next::Routed(Routed::Txn { commit_lsn, filtered })) => self.on_routed(commit_lsn, &filtered),
+                        Ok(Next::Routed(Routed::Evicted { after })) => self.unroute(after),
                         Err(LogError::BehindWindow { .. }) => {
                             return self.fail(ErrorCode::BehindWindow, "the log no longer holds this session's position (retention); resynchronise from scratch".into());
                         }
@@ -463,7 +480,7 @@ impl Session {
         match log.cursor(after) {
             Ok(cursor) => {
                 self.stream = Some(Stream {
-                    cursor,
+                    source: Source::Cursor(Box::new(cursor)),
                     in_force: HashMap::new(),
                     live: false,
                     filter,
@@ -494,78 +511,145 @@ impl Session {
         }
     }
 
-    fn on_entry(&mut self, entry: Entry) {
-        match entry {
-            Entry::Relation(rel) => {
-                if let Some(stream) = self.stream.as_mut() {
-                    stream.in_force.insert(rel.relation_id, rel.frame.clone());
-                    if let Some(f) = stream.filter.as_mut() {
-                        match RelFilter::from_frame(&rel.frame, &f.view, &f.sub) {
-                            Some(r) => f.rels.insert(rel.relation_id, Arc::new(r)),
-                            None => f.rels.remove(&rel.relation_id),
-                        };
+    fn on_relation(&mut self, rel: &RelationEntry) {
+        if let Some(stream) = self.stream.as_mut() {
+            stream.in_force.insert(rel.relation_id, rel.frame.clone());
+            if let Some(f) = stream.filter.as_mut() {
+                match RelFilter::from_frame(&rel.frame, &f.view, &f.sub) {
+                    Some(r) => f.rels.insert(rel.relation_id, Arc::new(r)),
+                    None => f.rels.remove(&rel.relation_id),
+                };
+            }
+        }
+    }
+
+    /// A transaction from the session's own cursor.
+    fn on_txn(&mut self, txn: &TxnEntry) {
+        if let Some(c) = &self.catchup {
+            if txn.commit_lsn > c.wal_lsn {
+                // Everything from here on is unseen by the snapshot.
+                self.end_snapshot();
+            } else if c.snapshot.saw(txn.xid) {
+                // Already in the snapshot rows.
+                self.check_snapshot_end();
+                return;
+            }
+        }
+        let Some(stream) = self.stream.as_ref() else {
+            return;
+        };
+        match stream.filter.as_ref() {
+            None => {
+                let frame_count = crate::protocol::frame::split_frames(&txn.frames).count();
+                self.send_txn(&txn.relation_ids, txn.frames.clone(), frame_count);
+            }
+            Some(f) => {
+                let filtered = self
+                    .ctx
+                    .filter_cache
+                    .get(txn, &f.key, &|id| f.rels.get(&id).cloned());
+                match &filtered.frames {
+                    // Nothing readable: nothing sent; the position still
+                    // moves past it (the next Commit).
+                    None => self.check_snapshot_end(),
+                    Some(b) => {
+                        self.send_txn(&filtered.relation_ids, b.clone(), filtered.frame_count)
                     }
                 }
             }
-            Entry::Txn(txn) => {
-                if let Some(c) = &self.catchup {
-                    if txn.commit_lsn > c.wal_lsn {
-                        // Everything from here on is unseen by the snapshot.
-                        self.end_snapshot();
-                    } else if c.snapshot.saw(txn.xid) {
-                        // Already in the snapshot rows.
-                        self.check_snapshot_end();
-                        return;
-                    }
-                }
-                let Some(stream) = self.stream.as_mut() else {
-                    return;
-                };
-                let filtered = stream.filter.as_ref().map(|f| {
-                    self.ctx
-                        .filter_cache
-                        .get(&txn, &f.key, &|id| f.rels.get(&id).cloned())
-                });
-                let (relation_ids, frames, frame_count) = match &filtered {
-                    None => (
-                        &txn.relation_ids,
-                        txn.frames.clone(),
-                        crate::protocol::frame::split_frames(&txn.frames).count(),
-                    ),
-                    // Nothing readable: nothing sent; the position still
-                    // moves past it (PingResp.lsn, the next Commit).
-                    Some(f) => match &f.frames {
-                        None => {
-                            self.check_snapshot_end();
-                            return;
-                        }
-                        Some(b) => (&f.relation_ids, b.clone(), f.frame_count),
-                    },
-                };
-                for rel_id in relation_ids {
-                    let Some(def) = stream.in_force.get(rel_id) else {
-                        continue;
-                    };
-                    if self.sent_relations.get(rel_id) != Some(def) {
-                        self.sent_relations.insert(*rel_id, def.clone());
-                        self.out.push(def.clone());
-                        self.ctx.metrics.sent_frames.inc();
-                        self.ctx.metrics.sent_bytes.inc_by(def.len() as u64);
-                    }
-                }
-                let len = frames.len();
-                if frame_count > 1 && matches!(self.writer, Writer::Ws(_)) {
-                    // One queue entry per frame: WebSocket sends each as its
-                    // own message (minus the length prefix).
-                    for f in crate::protocol::frame::split_frames(&frames) {
-                        self.out.push(f);
-                    }
-                } else {
-                    self.out.push(frames);
-                }
-                self.count_sent(frame_count as u64, len);
-                self.check_snapshot_end();
-                self.check_lag();
+        }
+    }
+
+    /// A transaction the router found readable by this session.
+    fn on_routed(&mut self, commit_lsn: u64, filtered: &Filtered) {
+        let Some(Stream {
+            source: Source::Routed { lsn, .. },
+            ..
+        }) = self.stream.as_mut()
+        else {
+            return;
+        };
+        if commit_lsn <= *lsn {
+            // Joined behind the router: already sent from the cursor.
+            return;
+        }
+        *lsn = commit_lsn;
+        if let Some(b) = &filtered.frames {
+            self.send_txn(&filtered.relation_ids, b.clone(), filtered.frame_count);
+        }
+    }
+
+    /// Queues one transaction's frames, preceded by the definitions of its
+    /// relations this session has not sent in their current form.
+    fn send_txn(&mut self, relation_ids: &[u32], frames: Bytes, frame_count: usize) {
+        let Some(stream) = self.stream.as_ref() else {
+            return;
+        };
+        for rel_id in relation_ids {
+            let Some(def) = stream.in_force.get(rel_id) else {
+                continue;
+            };
+            if self.sent_relations.get(rel_id) != Some(def) {
+                self.sent_relations.insert(*rel_id, def.clone());
+                self.out.push(def.clone());
+                self.ctx.metrics.sent_frames.inc();
+                self.ctx.metrics.sent_bytes.inc_by(def.len() as u64);
+            }
+        }
+        let len = frames.len();
+        if frame_count > 1 && matches!(self.writer, Writer::Ws(_)) {
+            // One queue entry per frame: WebSocket sends each as its
+            // own message (minus the length prefix).
+            for f in crate::protocol::frame::split_frames(&frames) {
+                self.out.push(f);
+            }
+        } else {
+            self.out.push(frames);
+        }
+        self.count_sent(frame_count as u64, len);
+        self.check_snapshot_end();
+        self.check_lag();
+    }
+
+    /// A filtered stream whose cursor has caught up joins the router (no
+    /// snapshot catch-up running: that one needs every transaction).
+    fn maybe_route(&mut self) {
+        if self.catchup.is_some() {
+            return;
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        let (Some(f), Source::Cursor(cursor)) = (stream.filter.as_ref(), &stream.source) else {
+            return;
+        };
+        let Some(at) = cursor.idle_index() else {
+            return;
+        };
+        let lsn = cursor.lsn();
+        if let Some(member) = self.ctx.router.join(at, lsn, &f.key, &f.view, &f.sub) {
+            stream.source = Source::Routed { member, lsn };
+        }
+    }
+
+    /// Evicted by the router (mailbox full): read the log again from the
+    /// eviction position.
+    fn unroute(&mut self, after: u64) {
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        let Source::Routed { lsn, .. } = &stream.source else {
+            return;
+        };
+        let from = after.max(*lsn);
+        match self.ctx.log.cursor(from) {
+            Ok(c) => stream.source = Source::Cursor(Box::new(c)),
+            Err(LogError::BehindWindow { .. }) => {
+                self.fail(ErrorCode::BehindWindow, "the log no longer holds this session's position (retention); resynchronise from scratch".into());
+            }
+            Err(e) => {
+                tracing::error!(peer = %self.peer, error = %e, "cursor open failed");
+                self.fail(ErrorCode::Internal, format!("cannot open the log: {e}"));
             }
         }
     }
@@ -602,7 +686,7 @@ impl Session {
                     return;
                 };
                 self.stream = Some(Stream {
-                    cursor: *cursor,
+                    source: Source::Cursor(cursor),
                     in_force: HashMap::new(),
                     live: false,
                     filter: self.snapshot_filter.take(),
@@ -635,7 +719,7 @@ impl Session {
         // an end read after it covers them all.
         let passed = self.ctx.log.passed_lsn();
         let end = self.ctx.log.end_lsn();
-        let at = stream.cursor.lsn();
+        let at = stream.lsn();
         if at >= c.wal_lsn || (passed >= c.wal_lsn && at >= end) {
             self.end_snapshot();
         }
@@ -709,7 +793,12 @@ impl Session {
             return;
         };
         let head = self.ctx.log.head_offset();
-        let lag = head.saturating_sub(stream.cursor.offset()) + self.out.len_bytes() as u64;
+        let behind = match &stream.source {
+            Source::Cursor(c) => head.saturating_sub(c.offset()),
+            // Only what is waiting for this session.
+            Source::Routed { member, .. } => member.mailbox.bytes() as u64,
+        };
+        let lag = behind + self.out.len_bytes() as u64;
         let max = self.ctx.config.client_max_lag_bytes;
         self.ctx.metrics.session_lag_bytes.observe(lag as f64);
         if lag <= max {
@@ -772,9 +861,25 @@ impl Session {
     }
 }
 
-async fn next_entry(stream: &mut Option<Stream>) -> Result<Entry, LogError> {
-    match stream {
-        Some(s) => s.cursor.next().await,
+impl Stream {
+    /// Commit LSN of the last transaction taken (or the start position).
+    fn lsn(&self) -> u64 {
+        match &self.source {
+            Source::Cursor(c) => c.lsn(),
+            Source::Routed { lsn, .. } => *lsn,
+        }
+    }
+}
+
+enum Next {
+    Entry(Entry),
+    Routed(Routed),
+}
+
+async fn next_entry(stream: &mut Option<Stream>) -> Result<Next, LogError> {
+    match stream.as_mut().map(|s| &mut s.source) {
+        Some(Source::Cursor(c)) => c.next().await.map(Next::Entry),
+        Some(Source::Routed { member, .. }) => Ok(Next::Routed(member.mailbox.next().await)),
         None => std::future::pending().await,
     }
 }

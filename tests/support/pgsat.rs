@@ -150,6 +150,31 @@ impl Pgsat {
             .map(|(_, b)| b)
             .unwrap_or_default()
     }
+
+    /// The value of one series of `/metrics`, written as Prometheus prints
+    /// it (`name` or `name{label="v",…}`); panics when it is not there.
+    #[allow(dead_code)]
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics();
+        pgsat::metrics::exposition::parse(&text)
+            .expect("/metrics parses")
+            .into_iter()
+            .find(|s| {
+                let labels: Vec<String> = s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{v}\""))
+                    .collect();
+                let full = if labels.is_empty() {
+                    s.name.clone()
+                } else {
+                    format!("{}{{{}}}", s.name, labels.join(","))
+                };
+                full == series
+            })
+            .map(|s| s.value)
+            .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+    }
 }
 
 impl Drop for Pgsat {

@@ -24,6 +24,11 @@ use super::{Durable, Shared};
 
 /// Most bytes encoded into one batch before it is written and fsynced.
 const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Least time between the starts of two batches: under a steady stream of
+/// small transactions one fsync covers this long of appends instead of one
+/// each (sessions are served before durability; only the slot's confirmed
+/// position and a shutdown's final sync wait for it).
+const GROUP_INTERVAL: Duration = Duration::from_millis(5);
 /// How often the writer wakes when idle (age-based retention).
 const TICK: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -85,6 +90,7 @@ impl From<io::Error> for ApplyError {
 impl Writer {
     pub fn run(mut self) {
         let mut batch: Vec<Cmd> = Vec::new();
+        let mut last_batch = std::time::Instant::now() - GROUP_INTERVAL;
         loop {
             if batch.is_empty() {
                 match self.rx.recv_timeout(TICK) {
@@ -96,6 +102,13 @@ impl Writer {
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
+            if !matches!(batch.last(), Some(Cmd::Shutdown)) {
+                let wait = GROUP_INTERVAL.saturating_sub(last_batch.elapsed());
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
+                }
+            }
+            last_batch = std::time::Instant::now();
             let mut bytes: usize = batch.iter().map(Cmd::len).sum();
             while bytes < MAX_BATCH_BYTES {
                 match self.rx.try_recv() {

@@ -384,12 +384,22 @@ impl FilterCache {
                 relation_ids: Vec::new(),
             });
         };
-        let only = parsed.candidates(rels);
-        let f = Arc::new(filter_ops(txn, &parsed.parsed, rels, &only));
+        let f = Arc::new(filter_routed(txn, &parsed, rels));
         let weight = f.frames.as_ref().map_or(0, Bytes::len) + 64 + 4 * f.relation_ids.len();
         lock(&self.filtered).insert(fk, f.clone(), weight);
         f
     }
+}
+
+/// `txn` (parsed and indexed as `parsed`) filtered with `rels`, evaluating
+/// only the routing candidates.
+pub fn filter_routed(
+    txn: &TxnEntry,
+    parsed: &TxnIndex,
+    rels: &dyn Fn(u32) -> Option<Arc<RelFilter>>,
+) -> Filtered {
+    let only = parsed.candidates(rels);
+    filter_ops(txn, &parsed.parsed, rels, &only)
 }
 
 impl FilterCache {

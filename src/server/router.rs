@@ -33,6 +33,7 @@ use tokio::sync::Notify;
 
 use crate::log::{Cursor, Entry, Log, LogError, RelationEntry, TxnEntry};
 use crate::metrics::Metrics;
+use crate::rules::filter::filter_routed;
 use crate::rules::route::Route;
 use crate::rules::{FilterCache, Filtered, RelFilter, Subscription, View};
 
@@ -544,11 +545,13 @@ impl State {
             let Some(g) = self.groups.get(&gid) else {
                 continue;
             };
-            let f = cache.get(txn, &g.key, &|id| g.rels.get(&id).cloned());
-            let Some(frames) = &f.frames else {
+            // Computed once for the group and shared; not cached (members
+            // take it from their mailboxes).
+            let f = filter_routed(txn, &parsed, &|id| g.rels.get(&id).cloned());
+            let Some(len) = f.frames.as_ref().map(Bytes::len) else {
                 continue;
             };
-            let len = frames.len();
+            let f = Arc::new(f);
             for (id, m) in &g.members {
                 if m.full(len) {
                     m.evict(after);

@@ -269,6 +269,11 @@ impl Session {
         self.set_state(Some(SessionState::Authenticating));
         let mut lag_check = tokio::time::interval(BLOCKED_LAG_CHECK);
         lag_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Made once, not per loop turn: registering a waiter costs a lock.
+        let ctx = self.ctx.clone();
+        let shutdown = ctx.shutdown.cancelled();
+        let deleted = deleted.notified();
+        tokio::pin!(shutdown, deleted);
         loop {
             if let Some(reason) = self.closing.take() {
                 return reason;
@@ -281,12 +286,12 @@ impl Session {
             let grace_deadline = self.paused_until;
             tokio::select! {
                 biased;
-                _ = self.ctx.shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     // Only whole transactions are ever queued, so this error
                     // follows the last whole transaction.
                     return self.fail(ErrorCode::ShuttingDown, "server is shutting down; resume elsewhere from your last Commit.lsn".into());
                 }
-                _ = deleted.notified() => {
+                _ = &mut deleted => {
                     return self.fail(ErrorCode::UserDeleted, format!("user {:?} was deleted", self.user_id()));
                 }
                 incoming = reader.next() => {

@@ -29,6 +29,10 @@ const MAX_BATCH_BYTES: usize = 16 << 20;
 /// each (sessions are served before durability; only the slot's confirmed
 /// position and a shutdown's final sync wait for it).
 const GROUP_INTERVAL: Duration = Duration::from_millis(5);
+/// Least wait after the first record of a batch arrives: the fsync (a
+/// burst of kernel work on a small machine) then runs after the sessions
+/// have sent that transaction, not while they do.
+const LINGER: Duration = Duration::from_millis(1);
 /// How often the writer wakes when idle (age-based retention).
 const TICK: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -103,10 +107,10 @@ impl Writer {
                 }
             }
             if !matches!(batch.last(), Some(Cmd::Shutdown)) {
-                let wait = GROUP_INTERVAL.saturating_sub(last_batch.elapsed());
-                if !wait.is_zero() {
-                    std::thread::sleep(wait);
-                }
+                let wait = GROUP_INTERVAL
+                    .saturating_sub(last_batch.elapsed())
+                    .max(LINGER);
+                std::thread::sleep(wait);
             }
             last_batch = std::time::Instant::now();
             let mut bytes: usize = batch.iter().map(Cmd::len).sum();

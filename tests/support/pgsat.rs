@@ -54,9 +54,23 @@ impl Pgsat {
             env,
             log_path: data_dir.join("pgsat-test.log"),
         };
-        p.spawn();
-        p.wait_ready(Duration::from_secs(60));
-        p
+        // A port picked free can be taken (by any process's outgoing
+        // connection) before pgsat binds it: pick others and start again.
+        for _ in 0..5 {
+            p.spawn();
+            match p.try_wait_ready(Duration::from_secs(60)) {
+                Ok(()) => return p,
+                Err(out) if out.contains("Address already in use") => {
+                    p.kill();
+                    let _ = std::fs::remove_file(&p.log_path);
+                    p.tcp = free_addr();
+                    p.ws = free_addr();
+                    p.http = free_addr();
+                }
+                Err(out) => panic!("{out}"),
+            }
+        }
+        panic!("pgsat could not bind free ports:\n{}", p.output());
     }
 
     fn spawn(&mut self) {
@@ -90,24 +104,34 @@ impl Pgsat {
     }
 
     pub fn wait_ready(&mut self, within: Duration) {
+        if let Err(e) = self.try_wait_ready(within) {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits for `/readyz`; `Err` (with the process output) when it exited
+    /// or was not ready in time.
+    fn try_wait_ready(&mut self, within: Duration) -> Result<(), String> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!(
+                    self.child = None;
+                    return Err(format!(
                         "pgsat exited during start-up ({status}):\n{}",
                         self.output()
-                    );
+                    ));
                 }
             }
             if matches!(http_get(self.http, "/readyz"), Some((200, _))) {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "pgsat not ready within {within:?}:\n{}",
-                self.output()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "pgsat not ready within {within:?}:\n{}",
+                    self.output()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(25));
         }
     }

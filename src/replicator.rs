@@ -125,11 +125,14 @@ impl Replicator {
         // STATUS_INTERVAL tick: otherwise the last transactions of a burst
         // stay unconfirmed for up to 10 s.
         let mut confirm_due: Option<tokio::time::Instant> = None;
+        // Made once, not per message: registering a waiter takes a lock.
+        let stopping = shutdown.cancelled();
+        tokio::pin!(stopping);
 
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
+                _ = &mut stopping => {
                     let flush = self.confirmable(&assembler, idle_end);
                     let _ = stream.send_status(received.max(flush), flush, flush, false).await;
                     let _ = stream.close().await;
@@ -163,7 +166,7 @@ impl Replicator {
                                             let flush = self.confirmable(&assembler, idle_end);
                                             stream.send_status(received.max(flush), flush, flush, false).await?;
                                         }
-                                        _ = shutdown.cancelled() => break,
+                                        _ = &mut stopping => break,
                                     }
                                 }
                             }

@@ -226,7 +226,7 @@ impl Router {
             self.start(lsn);
         }
         let mut st = self.lock();
-        if st.next_index > at {
+        if !st.started || st.next_index > at {
             return None;
         }
         let id = st.next_id;
@@ -280,7 +280,7 @@ impl Router {
         let cursor = match self.log.cursor(lsn) {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "router: cannot open the log; sessions keep their cursors");
+                tracing::debug!(error = %e, "router: cannot open the log here; the session keeps its cursor");
                 return;
             }
         };

@@ -1400,4 +1400,9 @@ async fn routed_session_that_stops_reading_catches_up_exactly() {
         got["alice"].iter().map(|t| t.lsn).collect::<Vec<_>>(),
         "the stalled session got the same transactions as the live one"
     );
+    drop((stalled, alice, bob));
+    assert!(
+        wait_until(T, || async { p.metric("pgsat_routed_sessions") == 0.0 }).await,
+        "closed sessions leave the router"
+    );
 }

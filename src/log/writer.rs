@@ -33,6 +33,9 @@ const GROUP_INTERVAL: Duration = Duration::from_millis(5);
 /// burst of kernel work on a small machine) then runs after the sessions
 /// have sent that transaction, not while they do.
 const LINGER: Duration = Duration::from_millis(1);
+/// After a batch, how long the writer keeps polling for the next one
+/// (every GROUP_INTERVAL) before blocking until an append wakes it.
+const STAY_AWAKE: Duration = Duration::from_millis(50);
 /// How often the writer wakes when idle (age-based retention).
 const TICK: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -96,6 +99,17 @@ impl Writer {
         let mut batch: Vec<Cmd> = Vec::new();
         let mut last_batch = std::time::Instant::now() - GROUP_INTERVAL;
         loop {
+            if batch.is_empty() && last_batch.elapsed() < STAY_AWAKE {
+                // Recently busy: look again shortly rather than block, so
+                // that appends need not wake this thread (a wake-up is a
+                // context switch on the cores serving the transaction).
+                std::thread::sleep(GROUP_INTERVAL);
+                match self.rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => continue,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                }
+            }
             if batch.is_empty() {
                 match self.rx.recv_timeout(TICK) {
                     Ok(c) => batch.push(c),

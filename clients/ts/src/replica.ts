@@ -7,12 +7,11 @@
 import type { Begin, Commit, OpLog, Relation, Row as WireRow, SnapshotEnd, SnapshotRows, TransOp } from "./gen/pgsat_pb.js";
 import {
   bitSet,
+  bytesDecoderFor,
   columnInfo,
-  decoderFor,
   keyText,
-  utf8Text,
+  type BytesDecoder,
   type ColumnInfo,
-  type Decoder,
   type Row,
   type Value,
   type ValueOptions,
@@ -64,7 +63,8 @@ interface RelInfo {
   make: (values: Slot[]) => Record<string, Slot>;
   /** Scratch array the values of one row are decoded into before `make`. */
   scratch: Slot[];
-  decoders: Decoder[];
+  /** Per-column converters from the value's bytes, chosen once per Relation. */
+  decoders: BytesDecoder[];
 }
 
 const UNCHANGED = Symbol("unchanged");
@@ -200,7 +200,7 @@ export class Replica {
       names: columns.map((c) => c.name),
       make: rowMaker(columns.map((c) => c.name)),
       scratch: new Array<Slot>(columns.length).fill(null),
-      decoders: columns.map((c) => decoderFor(c, this.valueOptions)),
+      decoders: columns.map((c) => bytesDecoderFor(c, this.valueOptions)),
     };
     this.relations.set(rel.id, rel);
     if (this.txn !== null) {
@@ -467,6 +467,11 @@ export class Replica {
     const nulls = wire.nulls;
     const unchanged = wire.unchanged;
     const decoders = rel.decoders;
+    if (nulls.length === 0 && unchanged.length === 0) {
+      // No NULL and no unchanged column (the common row): no bitmap tests.
+      for (let i = 0; i < n; i++) out[i] = (decoders[i] as BytesDecoder)(values[i] as Uint8Array);
+      return rel.make(out);
+    }
     for (let i = 0; i < n; i++) {
       if (unchanged.length > 0 && bitSet(unchanged, i)) {
         if (!allowUnchanged) throw new ProtocolError(`${rel.name}: unchanged bit outside an Update's new row`);
@@ -474,7 +479,7 @@ export class Replica {
       } else if (nulls.length > 0 && bitSet(nulls, i)) {
         out[i] = null;
       } else {
-        out[i] = (decoders[i] as Decoder)(utf8Text(values[i] as Uint8Array));
+        out[i] = (decoders[i] as BytesDecoder)(values[i] as Uint8Array);
       }
     }
     return rel.make(out);

@@ -350,6 +350,15 @@ export class PgsatClient {
         return;
       }
       ws.binaryType = "arraybuffer";
+      // Node's `ws` can hand over the Buffer it received instead of copying each
+      // message into a fresh ArrayBuffer. Browsers ignore the unknown value and
+      // undici turns it into "blob", so it is read back and undone unless it took.
+      try {
+        ws.binaryType = "nodebuffer";
+      } catch {
+        // an implementation that rejects unknown values
+      }
+      if (ws.binaryType !== "nodebuffer") ws.binaryType = "arraybuffer";
       const c: Conn = {
         ws,
         authId: this.nextId(),

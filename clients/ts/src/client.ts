@@ -158,6 +158,8 @@ export class PgsatClient {
     }
     this.WS = WS;
     this.replica = new Replica(opts.int8 === undefined ? {} : { int8: opts.int8 });
+    // Changes are listed only for what reads them: the store (all of them) and onChange listeners.
+    this.replica.wantChanges = (table) => opts.persistence !== undefined || (this.tableListeners.get(table)?.size ?? 0) > 0;
   }
 
   // ---- public API -------------------------------------------------------
@@ -759,7 +761,9 @@ export class PgsatClient {
 
   private emit(table: string, lsn: bigint, changes: Change[]): void {
     const set = this.tableListeners.get(table);
-    if (set === undefined || set.size === 0) return;
+    // An empty list: the table had no listener when the transaction was applied
+    // (one added since then starts with the state that already includes it).
+    if (set === undefined || set.size === 0 || changes.length === 0) return;
     const ev: ChangeEvent = { table, lsn, changes };
     for (const cb of [...set]) {
       try {

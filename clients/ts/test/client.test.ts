@@ -234,6 +234,23 @@ describe("PgsatClient session", () => {
     }
   });
 
+  it("a listener added while live gets the next transactions' changes; one removed stops getting them", async () => {
+    const { client } = makeClient();
+    const conn = await live(client);
+    sendTxn(conn, 110n, ["2", "unheard", "f"]);
+    await until(() => client.lsn === 110n, "lsn 110");
+    const events: ChangeEvent[] = [];
+    const off = client.onChange("todos", (e) => events.push(e));
+    sendTxn(conn, 120n, ["3", "heard", "f"]);
+    await until(() => client.lsn === 120n, "lsn 120");
+    expect(events).toEqual([{ table: "public.todos", lsn: 120n, changes: [{ op: "insert", key: "3", row: { id: 3, title: "heard", done: false } }] }]);
+    off();
+    sendTxn(conn, 130n, ["4", "unheard again", "f"]);
+    await until(() => client.lsn === 130n, "lsn 130");
+    expect(events).toHaveLength(1);
+    expect(titles(client)).toEqual(["first", "unheard", "heard", "unheard again"]);
+  });
+
   it("answers the server's PingReq with its applied position", async () => {
     const { client } = makeClient();
     const conn = await live(client);

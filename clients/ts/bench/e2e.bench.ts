@@ -63,6 +63,7 @@ async function profiled<T>(f: () => Promise<T>): Promise<T> {
   await session.post("Profiler.start");
   const out = await f();
   const { profile } = await session.post("Profiler.stop");
+  if (process.env.BENCH_PROFILE_OUT) (await import("node:fs")).writeFileSync(process.env.BENCH_PROFILE_OUT, JSON.stringify(profile));
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const self = new Map<string, number>();
   (profile.samples ?? []).forEach((id, i) => {

@@ -158,6 +158,8 @@ export class PgsatClient {
     }
     this.WS = WS;
     this.replica = new Replica(opts.int8 === undefined ? {} : { int8: opts.int8 });
+    // Changes are listed only for what reads them: the store (all of them) and onChange listeners.
+    this.replica.wantChanges = (table) => opts.persistence !== undefined || (this.tableListeners.get(table)?.size ?? 0) > 0;
   }
 
   // ---- public API -------------------------------------------------------
@@ -350,6 +352,15 @@ export class PgsatClient {
         return;
       }
       ws.binaryType = "arraybuffer";
+      // Node's `ws` can hand over the Buffer it received instead of copying each
+      // message into a fresh ArrayBuffer. Browsers ignore the unknown value and
+      // undici turns it into "blob", so it is read back and undone unless it took.
+      try {
+        ws.binaryType = "nodebuffer";
+      } catch {
+        // an implementation that rejects unknown values
+      }
+      if (ws.binaryType !== "nodebuffer") ws.binaryType = "arraybuffer";
       const c: Conn = {
         ws,
         authId: this.nextId(),
@@ -750,7 +761,9 @@ export class PgsatClient {
 
   private emit(table: string, lsn: bigint, changes: Change[]): void {
     const set = this.tableListeners.get(table);
-    if (set === undefined || set.size === 0) return;
+    // An empty list: the table had no listener when the transaction was applied
+    // (one added since then starts with the state that already includes it).
+    if (set === undefined || set.size === 0 || changes.length === 0) return;
     const ev: ChangeEvent = { table, lsn, changes };
     for (const cb of [...set]) {
       try {

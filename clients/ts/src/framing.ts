@@ -139,7 +139,9 @@ export function decodeFrame(data: Uint8Array): Frame {
   let msg: FrameMessages[FrameType];
   try {
     // Unknown fields (a newer server) are skipped, not kept: the client never re-encodes a server message.
-    msg = fromBinary(SCHEMAS[type] as GenMessage<FrameMessages[FrameType]>, data.subarray(1), NO_UNKNOWN);
+    // The body as a plain Uint8Array view (no copy), also when `data` is a Buffer.
+    const body = new Uint8Array(data.buffer, data.byteOffset + 1, data.byteLength - 1);
+    msg = fromBinary(SCHEMAS[type] as GenMessage<FrameMessages[FrameType]>, body, NO_UNKNOWN);
   } catch (e) {
     throw new FrameError(`message type ${type}: body does not decode: ${(e as Error).message}`);
   }
@@ -148,7 +150,11 @@ export function decodeFrame(data: Uint8Array): Frame {
 
 /** Normalises what a WebSocket delivers (ArrayBuffer, typed array, Node Buffer) to bytes; a string is a protocol error. */
 export function toBytes(data: unknown): Uint8Array {
-  if (data instanceof Uint8Array) return data;
+  if (data instanceof Uint8Array) {
+    // A subclass (Node's Buffer) is viewed as a plain Uint8Array: the decoder
+    // takes a subarray per bytes field, which is much slower through Buffer's species.
+    return data.constructor === Uint8Array ? data : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  }
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
   if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   if (Array.isArray(data)) {

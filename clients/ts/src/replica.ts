@@ -7,12 +7,11 @@
 import type { Begin, Commit, OpLog, Relation, Row as WireRow, SnapshotEnd, SnapshotRows, TransOp } from "./gen/pgsat_pb.js";
 import {
   bitSet,
+  bytesDecoderFor,
   columnInfo,
-  decoderFor,
   keyText,
-  utf8Text,
+  type BytesDecoder,
   type ColumnInfo,
-  type Decoder,
   type Row,
   type Value,
   type ValueOptions,
@@ -36,7 +35,7 @@ export type Change =
 export interface Applied {
   /** The replica's position after this step (Commit.lsn, SnapshotEnd.lsn; unchanged otherwise). */
   lsn: bigint;
-  /** Changes per table name, in order. */
+  /** Changes per table name, in order; an empty list when Replica.wantChanges declined the table. */
   changes: Map<string, Change[]>;
   /** Whether every table was replaced (snapshot end, clear): persist the whole replica. */
   whole: boolean;
@@ -64,7 +63,8 @@ interface RelInfo {
   make: (values: Slot[]) => Record<string, Slot>;
   /** Scratch array the values of one row are decoded into before `make`. */
   scratch: Slot[];
-  decoders: Decoder[];
+  /** Per-column converters from the value's bytes, chosen once per Relation. */
+  decoders: BytesDecoder[];
 }
 
 const UNCHANGED = Symbol("unchanged");
@@ -123,6 +123,12 @@ export class Replica {
   lsn = 0n;
   /** The view the replica holds (StartReplicationResp / SnapshotEnd). */
   viewId = "";
+  /**
+   * Which tables' transactions list their changes one by one in Applied.changes
+   * (null = every table). A table it declines still appears there, with an empty
+   * list, when a transaction changed it; its Change objects are never built.
+   */
+  wantChanges: ((table: string) => boolean) | null = null;
 
   private relations = new Map<number, RelInfo>();
   private txn: PendingOp[] | null = null;
@@ -200,7 +206,7 @@ export class Replica {
       names: columns.map((c) => c.name),
       make: rowMaker(columns.map((c) => c.name)),
       scratch: new Array<Slot>(columns.length).fill(null),
-      decoders: columns.map((c) => decoderFor(c, this.valueOptions)),
+      decoders: columns.map((c) => bytesDecoderFor(c, this.valueOptions)),
     };
     this.relations.set(rel.id, rel);
     if (this.txn !== null) {
@@ -305,18 +311,24 @@ export class Replica {
     this.txnBegin = null;
     const target = this.staging ?? this.tables;
     const changes = new Map<string, Change[]>();
-    const out = (t: TableState): Change[] => {
+    // Tables whose changes nobody reads (and all of them inside a snapshot, where
+    // they are dropped): listed in `changes` with an empty list, no Change built.
+    const want = this.staging !== null ? () => false : this.wantChanges;
+    let quiet: Set<string> | null = null;
+    /** The change list of `t` (registering `t` as changed), or null when its changes are not collected. */
+    const out = (t: TableState): Change[] | null => {
       let l = changes.get(t.name);
       if (l === undefined) {
         l = [];
         changes.set(t.name, l);
+        if (want !== null && !want(t.name)) (quiet ??= new Set()).add(t.name);
       }
-      return l;
+      return quiet !== null && quiet.has(t.name) ? null : l;
     };
     // Consecutive inserts into one table (the common bulk case) reuse its lookups.
     let insRel: RelInfo | null = null;
     let insTable: TableState | null = null;
-    let insOut: Change[] = [];
+    let insOut: Change[] | null = null;
     for (const op of ops) {
       if (op.k !== "ins") insRel = null;
       switch (op.k) {
@@ -334,7 +346,9 @@ export class Replica {
           const rows = t.rows;
           const prev = rows.get(key);
           rows.set(key, op.row);
-          insOut.push(prev === undefined ? { op: "insert", key, row: op.row } : { op: "update", key, row: op.row, oldKey: key, old: prev });
+          if (insOut !== null) {
+            insOut.push(prev === undefined ? { op: "insert", key, row: op.row } : { op: "update", key, row: op.row, oldKey: key, old: prev });
+          }
           break;
         }
         case "upd": {
@@ -356,7 +370,7 @@ export class Replica {
           const key = rowKey(row, t.keyColumns);
           if (prevKey !== undefined && prevKey !== key) t.rows.delete(prevKey);
           t.rows.set(key, row);
-          out(t).push(
+          out(t)?.push(
             prev === undefined || prevKey === undefined
               ? { op: "insert", key, row }
               : { op: "update", key, row, oldKey: prevKey, old: prev },
@@ -368,7 +382,7 @@ export class Replica {
           const [key, prev] = this.find(t, op.old);
           if (key !== undefined && prev !== undefined) {
             t.rows.delete(key);
-            out(t).push({ op: "delete", key, old: prev });
+            out(t)?.push({ op: "delete", key, old: prev });
           }
           break;
         }
@@ -377,7 +391,7 @@ export class Replica {
             const t = target.get(name);
             if (t === undefined) continue;
             t.rows.clear();
-            out(t).push({ op: "truncate" });
+            out(t)?.push({ op: "truncate" });
           }
           break;
       }
@@ -467,6 +481,11 @@ export class Replica {
     const nulls = wire.nulls;
     const unchanged = wire.unchanged;
     const decoders = rel.decoders;
+    if (nulls.length === 0 && unchanged.length === 0) {
+      // No NULL and no unchanged column (the common row): no bitmap tests.
+      for (let i = 0; i < n; i++) out[i] = (decoders[i] as BytesDecoder)(values[i] as Uint8Array);
+      return rel.make(out);
+    }
     for (let i = 0; i < n; i++) {
       if (unchanged.length > 0 && bitSet(unchanged, i)) {
         if (!allowUnchanged) throw new ProtocolError(`${rel.name}: unchanged bit outside an Update's new row`);
@@ -474,7 +493,7 @@ export class Replica {
       } else if (nulls.length > 0 && bitSet(nulls, i)) {
         out[i] = null;
       } else {
-        out[i] = (decoders[i] as Decoder)(utf8Text(values[i] as Uint8Array));
+        out[i] = (decoders[i] as BytesDecoder)(values[i] as Uint8Array);
       }
     }
     return rel.make(out);

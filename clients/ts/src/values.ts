@@ -109,6 +109,63 @@ export function decoderFor(col: Pick<ColumnInfo, "typeOid" | "typeName">, opts: 
   return d;
 }
 
+/** Converts a column's UTF-8 text bytes straight to its value (the replica's hot path). */
+export type BytesDecoder = (bytes: Uint8Array) => Value;
+
+/**
+ * A canonical decimal integer (optional "-", 1 to 15 digits) read straight from
+ * its bytes, exactly as Number() reads its text; NaN for anything else (the
+ * caller then takes the text path, so odd input converts as before).
+ */
+function smallInt(b: Uint8Array): number {
+  const n = b.length;
+  let i = 0;
+  let neg = false;
+  if (n > 1 && b[0] === 0x2d /* - */) {
+    neg = true;
+    i = 1;
+  }
+  if (n === 0 || n - i > 15) return NaN;
+  let v = 0;
+  for (; i < n; i++) {
+    const d = (b[i] as number) - 48;
+    if (d < 0 || d > 9) return NaN;
+    v = v * 10 + d;
+  }
+  return neg ? -v : v;
+}
+
+const bytesAsString: BytesDecoder = utf8Text;
+const bytesAsInt: BytesDecoder = (b) => {
+  const v = smallInt(b);
+  return v === v ? v : asInt(utf8Text(b));
+};
+const bytesAsBigint: BytesDecoder = (b) => {
+  const v = smallInt(b);
+  return v === v ? BigInt(v) : asBigint(utf8Text(b));
+};
+const bytesAsBool: BytesDecoder = (b) => {
+  if (b.length === 1) {
+    if (b[0] === 0x74 /* t */) return true;
+    if (b[0] === 0x66 /* f */) return false;
+  }
+  return asBool(utf8Text(b));
+};
+
+/**
+ * The bytes decoder for a column: the same conversion as decoderFor's applied
+ * to the UTF-8 text, without building a string for integers and booleans.
+ * Chosen once per column (per Relation), not per value.
+ */
+export function bytesDecoderFor(col: Pick<ColumnInfo, "typeOid" | "typeName">, opts: ValueOptions = {}): BytesDecoder {
+  const d = decoderFor(col, opts);
+  if (d === asString) return bytesAsString;
+  if (d === asInt) return bytesAsInt;
+  if (d === asBigint) return bytesAsBigint;
+  if (d === asBool) return bytesAsBool;
+  return (b) => d(utf8Text(b));
+}
+
 /** Converts one text value of a column; `null` stays `null`. */
 export function decodeValue(col: Pick<ColumnInfo, "typeOid" | "typeName">, text: string | null, opts: ValueOptions = {}): Value {
   return text === null ? null : decoderFor(col, opts)(text);
@@ -184,20 +241,44 @@ export function columnInfo(c: Column): ColumnInfo {
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: false });
+const fcc = String.fromCharCode;
 
-/** UTF-8 bytes → string, with a fast path for short ASCII values. */
+/** UTF-8 bytes → string; short ASCII values (the common small columns) skip TextDecoder's per-call cost. */
 export function utf8Text(b: Uint8Array): string {
   const n = b.length;
-  if (n <= 32) {
-    let s = "";
-    for (let i = 0; i < n; i++) {
-      const c = b[i] as number;
-      if (c >= 0x80) return utf8.decode(b);
-      s += String.fromCharCode(c);
-    }
-    return s;
+  if (n > 8) return utf8.decode(b);
+  let or = 0;
+  for (let i = 0; i < n; i++) or |= b[i] as number;
+  if (or >= 0x80) return utf8.decode(b);
+  switch (n) {
+    case 0:
+      return "";
+    case 1:
+      return fcc(b[0] as number);
+    case 2:
+      return fcc(b[0] as number, b[1] as number);
+    case 3:
+      return fcc(b[0] as number, b[1] as number, b[2] as number);
+    case 4:
+      return fcc(b[0] as number, b[1] as number, b[2] as number, b[3] as number);
+    case 5:
+      return fcc(b[0] as number, b[1] as number, b[2] as number, b[3] as number, b[4] as number);
+    case 6:
+      return fcc(b[0] as number, b[1] as number, b[2] as number, b[3] as number, b[4] as number, b[5] as number);
+    case 7:
+      return fcc(b[0] as number, b[1] as number, b[2] as number, b[3] as number, b[4] as number, b[5] as number, b[6] as number);
+    default:
+      return fcc(
+        b[0] as number,
+        b[1] as number,
+        b[2] as number,
+        b[3] as number,
+        b[4] as number,
+        b[5] as number,
+        b[6] as number,
+        b[7] as number,
+      );
   }
-  return utf8.decode(b);
 }
 
 /** Whether bit i (byte i/8, most significant bit first) is set. */

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { WebSocket } from "ws";
-import { PgsatClient, type ChangeEvent, type PgsatClientOptions, type Status, type WebSocketConstructor } from "../src/client.js";
+import { PgsatClient, type ChangeEvent, type PgsatClientOptions, type Status, type WebSocketConstructor, type WebSocketLike } from "../src/client.js";
 import { MessageType } from "../src/framing.js";
 import { ErrorCode, type StartReplicationReq } from "../src/gen/pgsat_pb.js";
 import { MemoryStore } from "../src/store.js";
@@ -167,6 +167,88 @@ describe("PgsatClient session", () => {
     conn.kill();
     const conn2 = await server.accept();
     expect(await handshake(conn2)).toMatchObject({ lsn: 400n, snapshot: false });
+  });
+
+  it("takes ws's Buffers without a copy, and keeps \"arraybuffer\" on a WebSocket that turns unknown binary types into \"blob\"", async () => {
+    const seen: string[] = [];
+    // Like undici's WebSocket (Node 22's global): an unknown binaryType becomes "blob".
+    class StrictWebSocket implements WebSocketLike {
+      private readonly ws: WebSocket;
+      constructor(url: string) {
+        this.ws = new WebSocket(url);
+        this.ws.on("message", () => seen.push(this.ws.binaryType));
+      }
+      get binaryType(): string {
+        return this.ws.binaryType;
+      }
+      set binaryType(t: string) {
+        this.ws.binaryType = (t === "arraybuffer" || t === "blob" ? t : "blob") as "arraybuffer";
+      }
+      get readyState(): number {
+        return this.ws.readyState;
+      }
+      send(data: Uint8Array): void {
+        this.ws.send(data);
+      }
+      close(code?: number, reason?: string): void {
+        this.ws.close(code, reason);
+      }
+      set onopen(f: WebSocketLike["onopen"]) {
+        this.ws.onopen = f as never;
+      }
+      set onmessage(f: WebSocketLike["onmessage"]) {
+        this.ws.onmessage = f as never;
+      }
+      set onclose(f: WebSocketLike["onclose"]) {
+        this.ws.onclose = f as never;
+      }
+      set onerror(f: WebSocketLike["onerror"]) {
+        this.ws.onerror = f as never;
+      }
+      get onopen(): WebSocketLike["onopen"] {
+        return this.ws.onopen as never;
+      }
+      get onmessage(): WebSocketLike["onmessage"] {
+        return this.ws.onmessage as never;
+      }
+      get onclose(): WebSocketLike["onclose"] {
+        return this.ws.onclose as never;
+      }
+      get onerror(): WebSocketLike["onerror"] {
+        return this.ws.onerror as never;
+      }
+    }
+    for (const [WS, want] of [
+      [WebSocket, "nodebuffer"],
+      [StrictWebSocket, "arraybuffer"],
+    ] as const) {
+      seen.length = 0;
+      const { client } = makeClient({ WebSocket: WS as unknown as WebSocketConstructor });
+      const conn = await live(client);
+      sendTxn(conn, 110n, ["2", "second", "t"]);
+      await until(() => client.lsn === 110n, "lsn 110");
+      expect(titles(client)).toEqual(["first", "second"]);
+      if (WS === StrictWebSocket) expect(new Set(seen)).toEqual(new Set([want]));
+      else expect((client as unknown as { conn: { ws: { binaryType: string } } }).conn.ws.binaryType).toBe(want);
+      client.close();
+    }
+  });
+
+  it("a listener added while live gets the next transactions' changes; one removed stops getting them", async () => {
+    const { client } = makeClient();
+    const conn = await live(client);
+    sendTxn(conn, 110n, ["2", "unheard", "f"]);
+    await until(() => client.lsn === 110n, "lsn 110");
+    const events: ChangeEvent[] = [];
+    const off = client.onChange("todos", (e) => events.push(e));
+    sendTxn(conn, 120n, ["3", "heard", "f"]);
+    await until(() => client.lsn === 120n, "lsn 120");
+    expect(events).toEqual([{ table: "public.todos", lsn: 120n, changes: [{ op: "insert", key: "3", row: { id: 3, title: "heard", done: false } }] }]);
+    off();
+    sendTxn(conn, 130n, ["4", "unheard again", "f"]);
+    await until(() => client.lsn === 130n, "lsn 130");
+    expect(events).toHaveLength(1);
+    expect(titles(client)).toEqual(["first", "unheard", "heard", "unheard again"]);
   });
 
   it("answers the server's PingReq with its applied position", async () => {

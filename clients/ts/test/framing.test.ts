@@ -68,4 +68,23 @@ describe("framing", () => {
     expect(toBytes(view)).toEqual(bytes);
     expect(() => toBytes("hello")).toThrow(/text WebSocket message/);
   });
+
+  it("views a Node Buffer (also one inside a larger pool) as a plain Uint8Array, and decodes plain bytes fields from it", () => {
+    const bytes = frame(MessageType.SnapshotRows, { relationId: 3, rows: [{ values: [new Uint8Array([1, 2]), new Uint8Array([3])] }] });
+    const pool = Buffer.alloc(bytes.length + 10);
+    pool.set(bytes, 5);
+    const buf = pool.subarray(5, 5 + bytes.length);
+    const plain = toBytes(buf);
+    expect(Object.getPrototypeOf(plain)).toBe(Uint8Array.prototype);
+    expect(plain.buffer).toBe(pool.buffer);
+    expect([...plain]).toEqual([...bytes]);
+    for (const input of [plain, buf]) {
+      const f = decodeFrame(input);
+      if (f.type !== MessageType.SnapshotRows) throw new Error("wrong type");
+      expect(f.msg.relationId).toBe(3);
+      const values = f.msg.rows[0]?.values ?? [];
+      expect(values.map((v) => [...v])).toEqual([[1, 2], [3]]);
+      for (const v of values) expect(Object.getPrototypeOf(v)).toBe(Uint8Array.prototype);
+    }
+  });
 });

@@ -98,6 +98,26 @@ describe("replica", () => {
     ]);
   });
 
+  it("lists no changes for the tables wantChanges declines, and applies them all the same", () => {
+    const r = new Replica();
+    const asked: string[] = [];
+    r.wantChanges = (t) => {
+      asked.push(t);
+      return t === "app.pairs";
+    };
+    r.onRelation(todos);
+    r.onRelation(pairs);
+    txn(r, 10n, ins(1, ["1", "a", "x", "f"]), ins(1, ["2", "b", "y", "f"]));
+    const v = r.tables.get("public.todos")?.version ?? 0;
+    const [a] = txn(r, 20n, upd(1, ["1", "A", "", "t"], { unchanged: [2] }), del(1, ["2", null, null, null]), ins(2, ["1", "x", "5"]), trunc(1), ins(1, ["3", "c", null, "f"]));
+    expect(a?.changes.get("public.todos")).toEqual([]);
+    expect(a?.changes.get("app.pairs")).toEqual([{ op: "insert", key: '["1","x"]', row: { a: 1, b: "x", v: 5n } }]);
+    expect(r.tables.get("public.todos")?.version).toBe(v + 1);
+    expect(rows(r, "public.todos")).toEqual([{ id: 3, title: "c", body: null, done: false }]);
+    // asked once per table and transaction
+    expect(asked).toEqual(["public.todos", "public.todos", "app.pairs"]);
+  });
+
   it("keeps the previous value of unchanged-TOAST columns", () => {
     const r = new Replica();
     r.onRelation(todos);

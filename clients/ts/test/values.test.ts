@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { decodeValue, parseBytea } from "../src/values.js";
+import { bytesDecoderFor, decodeValue, parseBytea, utf8Text } from "../src/values.js";
 
 const col = (typeOid: number, typeName: string) => ({ typeOid, typeName });
 
@@ -65,5 +65,40 @@ describe("value conversion", () => {
     expect(decodeValue(col(3802, "jsonb"), "{")).toBe("{");
     expect(decodeValue(col(17, "bytea"), "\\x0")).toBe("\\x0");
     expect(decodeValue(col(17, "bytea"), "\\xzz")).toBe("\\xzz");
+  });
+});
+
+describe("conversion from bytes (the replica's path)", () => {
+  const enc = new TextEncoder();
+  const texts = [
+    "", "0", "-0", "7", "-7", "-", "--1", "+5", " 5", "5 ", "1.5", "1e3", "0x1f", "007", "-007",
+    "32767", "-32768", "2147483647", "4294967295", "999999999999999", "-999999999999999",
+    "1000000000000000", "9007199254740993", "9223372036854775807", "-9223372036854775808",
+    "t", "f", "true", "T", "NaN", "Infinity", "-Infinity", "abc", "héllo", "日本", "{\"a\": 1}", "[1,2]", "\\x00ff", "\\x0",
+  ];
+  const types: [number, string][] = [
+    [21, "int2"], [23, "int4"], [26, "oid"], [20, "int8"], [16, "bool"], [700, "float4"], [701, "float8"],
+    [1700, "numeric"], [114, "json"], [3802, "jsonb"], [17, "bytea"], [25, "text"], [0, "int4"], [0, "bigint"], [0, "mystery"],
+  ];
+  it("gives exactly what the text conversion gives, for every type and odd input", () => {
+    for (const [oid, name] of types) {
+      for (const opts of [{}, { int8: "string" as const }]) {
+        const d = bytesDecoderFor(col(oid, name), opts);
+        for (const t of texts) {
+          const got = d(enc.encode(t));
+          const want = decodeValue(col(oid, name), t, opts);
+          if (typeof want === "number" && Number.isNaN(want)) expect(Number.isNaN(got)).toBe(true);
+          else expect([oid, name, t, got]).toEqual([oid, name, t, want]);
+          if (typeof want === "number") expect(Object.is(got, want)).toBe(true);
+        }
+      }
+    }
+  });
+
+  it("utf8Text decodes ASCII and multi-byte text of every short length", () => {
+    for (const s of ["", "a", "ab", "abc", "abcd", "abcde", "abcdef", "abcdefg", "abcdefgh", "abcdefghi", "é", "aé", "日本語", "abcdefgé", "😀", "x".repeat(200)]) {
+      expect(utf8Text(enc.encode(s))).toBe(s);
+    }
+    expect(utf8Text(new Uint8Array([0xff]))).toBe("\ufffd");
   });
 });

@@ -33,6 +33,9 @@ use crate::server::registry::Registry;
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// Confirmations follow the log's durable position at most this often.
 const CONFIRM_THROTTLE: Duration = Duration::from_millis(50);
+/// An unrequested confirmation prompted by a keepalive waits this long, so
+/// that the transaction usually following the keepalive is served first.
+const KEEPALIVE_REPLY_DELAY: Duration = Duration::from_millis(2);
 
 pub struct Replicator {
     pub params: ConnParams,
@@ -183,13 +186,19 @@ impl Replicator {
                             }
                             // Answer at once when asked; otherwise report an
                             // idle WAL end we may now confirm, so an idle slot
-                            // pins nothing and fast shutdown is not held up.
+                            // pins nothing and fast shutdown is not held up —
+                            // but a moment later, through the throttle: the
+                            // walsender sends a keepalive just before each new
+                            // transaction, and a reply here would sit between
+                            // receiving that transaction and serving it.
                             let flush = self.confirmable(&assembler, idle_end);
-                            if reply_requested || flush > confirmed {
+                            if reply_requested {
                                 stream.send_status(received.max(flush), flush, flush, false).await?;
                                 confirmed = flush;
                                 last_confirm = tokio::time::Instant::now();
                                 Metrics::set_u64(&self.metrics.replication_confirmed_lsn, flush);
+                            } else if flush > confirmed && confirm_due.is_none() {
+                                confirm_due = Some((last_confirm + CONFIRM_THROTTLE).max(tokio::time::Instant::now() + KEEPALIVE_REPLY_DELAY));
                             }
                         }
                     }

@@ -1406,3 +1406,91 @@ async fn routed_session_that_stops_reading_catches_up_exactly() {
         "closed sessions leave the router"
     );
 }
+
+/// Schema changes while sessions are routed: the router recomputes each
+/// view's column positions from the new Relation (a dropped column moves
+/// the rule's column), every session gets the new definition before rows
+/// that use it, and only its own rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_sessions_follow_schema_changes() {
+    let pg = PgServer::start();
+    let db = pg.client().await;
+    db.batch_execute(
+        "CREATE TABLE users (id text PRIMARY KEY);
+         INSERT INTO users VALUES ('alice'), ('bob');
+         CREATE TABLE shifty (junk text, owner text, id int PRIMARY KEY);
+         ALTER TABLE shifty REPLICA IDENTITY FULL;",
+    )
+    .await
+    .expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = write_rules(
+        dir.path(),
+        "rules.toml",
+        "[[table]]\nname = \"shifty\"\nread = \"owner = auth.user_id\"\n",
+    );
+    let p = Pgsat::start(&pg, &subdir(dir.path(), "data"), &[("RULES_FILE", &rules)]);
+    let mut clients = Vec::new();
+    for user in ["alice", "bob"] {
+        let mut c = connect(&p, &token(user, json!({}))).await;
+        start_req(&mut c, pb::StartReplicationReq::default())
+            .await
+            .expect("start");
+        clients.push((user, c, TxnReader::default()));
+    }
+    assert!(
+        wait_until(T, || async { p.metric("pgsat_routed_sessions") == 2.0 }).await,
+        "both sessions routed"
+    );
+    let steps = [
+        "INSERT INTO shifty VALUES ('j', 'alice', 1), ('j', 'bob', 2)",
+        "ALTER TABLE shifty DROP COLUMN junk; INSERT INTO shifty VALUES ('alice', 3), ('bob', 4)",
+        "ALTER TABLE shifty ADD COLUMN extra text; INSERT INTO shifty VALUES ('bob', 5, 'e'), ('alice', 6, 'e')",
+        "UPDATE shifty SET owner = 'bob' WHERE id = 3",
+    ];
+    // (user, step) → ids inserted (+) or moved out (-) for that user.
+    let expected: [[&[i64]; 4]; 2] = [[&[1], &[3], &[6], &[-3]], [&[2], &[4], &[5], &[3]]];
+    for (step, sql) in steps.iter().enumerate() {
+        db.batch_execute(sql).await.expect("step");
+        for (k, (user, c, r)) in clients.iter_mut().enumerate() {
+            let txns = read_until(c, r, 1).await;
+            assert_eq!(txns.len(), 1, "{user} step {step}");
+            let mut got: Vec<i64> = Vec::new();
+            for (table, op, cells) in rows(r, &txns[0]) {
+                assert_eq!(table, "shifty");
+                let rel = r
+                    .relations
+                    .values()
+                    .find(|x| x.table == "shifty")
+                    .expect("relation");
+                let col = |name: &str| {
+                    rel.columns
+                        .iter()
+                        .position(|c| c.name == name)
+                        .and_then(|i| cells.get(i).cloned().flatten())
+                };
+                let id: i64 = col("id").expect("id").parse().expect("int");
+                match op {
+                    "insert" => {
+                        assert_eq!(col("owner").as_deref(), Some(*user), "{user} step {step}");
+                        got.push(id);
+                    }
+                    "delete" => got.push(-id),
+                    other => panic!("{user} step {step}: unexpected {other}"),
+                }
+            }
+            assert_eq!(got, expected[k][step], "{user} step {step}");
+            let names: Vec<&str> = r
+                .relations
+                .values()
+                .flat_map(|x| x.columns.iter().map(|c| c.name.as_str()))
+                .collect();
+            let want: &[&str] = match step {
+                0 => &["junk", "owner", "id"],
+                1 => &["owner", "id"],
+                _ => &["owner", "id", "extra"],
+            };
+            assert_eq!(names, want, "{user} step {step}: definition in force");
+        }
+    }
+}

@@ -83,10 +83,18 @@ impl Mailbox {
         self.notify.notify_one();
     }
 
-    /// Whether `bytes` more would pass the bound (a first item always fits).
-    fn full(&self, bytes: usize) -> bool {
-        let b = self.lock();
-        !b.items.is_empty() && b.bytes + bytes > MAILBOX_MAX_BYTES
+    /// Queues a transaction of `bytes` unless that would pass the bound (a
+    /// first item always fits); whether it was queued.
+    fn offer(&self, item: Routed, bytes: usize) -> bool {
+        let mut b = self.lock();
+        if !b.items.is_empty() && b.bytes + bytes > MAILBOX_MAX_BYTES {
+            return false;
+        }
+        b.items.push_back(item);
+        b.bytes += bytes;
+        drop(b);
+        self.notify.notify_one();
+        true
     }
 
     fn evict(&self, after: u64) {
@@ -553,17 +561,13 @@ impl State {
             };
             let f = Arc::new(f);
             for (id, m) in &g.members {
-                if m.full(len) {
+                let item = Routed::Txn {
+                    commit_lsn: txn.commit_lsn,
+                    filtered: f.clone(),
+                };
+                if !m.offer(item, len) {
                     m.evict(after);
                     evicted.push(*id);
-                } else {
-                    m.push(
-                        Routed::Txn {
-                            commit_lsn: txn.commit_lsn,
-                            filtered: f.clone(),
-                        },
-                        len,
-                    );
                 }
             }
         }

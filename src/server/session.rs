@@ -611,6 +611,9 @@ impl Session {
         } else {
             self.out.push(frames);
         }
+        // The session loop drains too (and waits for room); a registration
+        // made here with a no-op waker is replaced by its poll.
+        self.writer.try_drain(&mut self.out);
         self.count_sent(frame_count as u64, len);
         self.check_snapshot_end();
         self.check_lag();

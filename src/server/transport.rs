@@ -160,6 +160,14 @@ impl Writer {
         poll_fn(|cx| self.poll_drain(cx, queue)).await
     }
 
+    /// Writes what the socket takes now, without waiting: saves a turn of
+    /// the session loop when the socket has room (the usual case). Errors
+    /// are left for `drain`, which meets them again.
+    pub fn try_drain(&mut self, queue: &mut OutQueue) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let _ = self.poll_drain(&mut cx, queue);
+    }
+
     fn poll_drain(&mut self, cx: &mut Context<'_>, queue: &mut OutQueue) -> Poll<io::Result<()>> {
         match self {
             Writer::Tcp { half, written } => {

@@ -389,20 +389,7 @@ impl FilterCache {
         lock(&self.filtered).insert(fk, f.clone(), weight);
         f
     }
-}
 
-/// `txn` (parsed and indexed as `parsed`) filtered with `rels`, evaluating
-/// only the routing candidates.
-pub fn filter_routed(
-    txn: &TxnEntry,
-    parsed: &TxnIndex,
-    rels: &dyn Fn(u32) -> Option<Arc<RelFilter>>,
-) -> Filtered {
-    let only = parsed.candidates(rels);
-    filter_ops(txn, &parsed.parsed, rels, &only)
-}
-
-impl FilterCache {
     /// `txn` parsed and indexed (cached by commit LSN), or `None` (logged)
     /// when its stored bytes cannot be parsed.
     pub fn parsed(&self, txn: &TxnEntry) -> Option<Arc<TxnIndex>> {
@@ -421,6 +408,17 @@ impl FilterCache {
             }
         }
     }
+}
+
+/// `txn` (parsed and indexed as `parsed`) filtered with `rels`, evaluating
+/// only the routing candidates.
+pub fn filter_routed(
+    txn: &TxnEntry,
+    parsed: &TxnIndex,
+    rels: &dyn Fn(u32) -> Option<Arc<RelFilter>>,
+) -> Filtered {
+    let only = parsed.candidates(rels);
+    filter_ops(txn, &parsed.parsed, rels, &only)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

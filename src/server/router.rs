@@ -74,12 +74,9 @@ impl Mailbox {
         self.inbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `item` (`bytes` of it count against the bound).
-    fn push(&self, item: Routed, bytes: usize) {
-        let mut b = self.lock();
-        b.items.push_back(item);
-        b.bytes += bytes;
-        drop(b);
+    /// Queues a relation definition (never bounded: they are few).
+    fn push_relation(&self, rel: Arc<RelationEntry>) {
+        self.lock().items.push_back(Routed::Relation(rel));
         self.notify.notify_one();
     }
 
@@ -223,17 +220,14 @@ impl Router {
         view: &Arc<View>,
         sub: &Subscription,
     ) -> Option<Member> {
-        let started = {
-            let st = self.lock();
-            st.started
-        };
-        if started && self.next_index.load(Ordering::Acquire) > at {
+        // Lock-free "not yet" (0 until started, so never refused then).
+        if self.next_index.load(Ordering::Acquire) > at {
             return None;
         }
-        if !started {
-            self.start(lsn);
-        }
         let mut st = self.lock();
+        if !st.started {
+            self.start(&mut st, lsn);
+        }
         if !st.started || st.next_index > at {
             return None;
         }
@@ -265,7 +259,7 @@ impl Router {
         let mailbox = Arc::new(Mailbox::default());
         // The definitions in force at the router's position come first.
         for rel in st.in_force.values() {
-            mailbox.push(Routed::Relation(rel.clone()), 0);
+            mailbox.push_relation(rel.clone());
         }
         if let Some(g) = st.groups.get_mut(&gid) {
             g.members.push((id, mailbox.clone()));
@@ -279,12 +273,8 @@ impl Router {
         })
     }
 
-    /// Starts following the log after commit `lsn` (once).
-    fn start(self: &Arc<Self>, lsn: u64) {
-        let mut st = self.lock();
-        if st.started {
-            return;
-        }
+    /// Starts following the log after commit `lsn`.
+    fn start(self: &Arc<Self>, st: &mut State, lsn: u64) {
         let cursor = match self.log.cursor(lsn) {
             Ok(c) => c,
             Err(e) => {
@@ -298,7 +288,6 @@ impl Router {
         st.lsn = lsn;
         st.next_index = cursor.next_index();
         self.next_index.store(st.next_index, Ordering::Release);
-        drop(st);
         let me = self.clone();
         tokio::spawn(async move { me.run(cursor).await });
     }
@@ -359,11 +348,6 @@ impl Router {
                 }
             }
         }
-    }
-
-    /// Sessions currently routed.
-    pub fn members(&self) -> usize {
-        self.lock().member_group.len()
     }
 
     fn evicted(&self, n: usize) {
@@ -495,7 +479,7 @@ impl State {
             g.set_relation(&rel);
             let new = g.routes.get(&rel.relation_id).cloned();
             for (_, m) in &g.members {
-                m.push(Routed::Relation(rel.clone()), 0);
+                m.push_relation(rel.clone());
             }
             if old != new {
                 if let Some(r) = old {

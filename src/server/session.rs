@@ -314,7 +314,7 @@ impl Session {
                         Ok(Next::Routed(Routed::Txn { commit_lsn, filtered })) => self.on_routed(commit_lsn, &filtered),
                         Ok(Next::Routed(Routed::Evicted { after })) => self.unroute(after),
                         Err(LogError::BehindWindow { .. }) => {
-                            return self.fail(ErrorCode::BehindWindow, "the log no longer holds this session's position (retention); resynchronise from scratch".into());
+                            return self.fail_behind_window();
                         }
                         Err(e) => {
                             tracing::error!(peer = %self.peer, error = %e, "log read failed");
@@ -653,7 +653,7 @@ impl Session {
         match self.ctx.log.cursor(from) {
             Ok(c) => stream.source = Source::Cursor(Box::new(c)),
             Err(LogError::BehindWindow { .. }) => {
-                self.fail(ErrorCode::BehindWindow, "the log no longer holds this session's position (retention); resynchronise from scratch".into());
+                self.fail_behind_window();
             }
             Err(e) => {
                 tracing::error!(peer = %self.peer, error = %e, "cursor open failed");
@@ -854,6 +854,14 @@ impl Session {
                 request_id: String::new(),
             },
         );
+    }
+
+    /// The log's retention passed this session's position mid-stream.
+    fn fail_behind_window(&mut self) -> CloseReason {
+        self.fail(
+            ErrorCode::BehindWindow,
+            "the log no longer holds this session's position (retention); resynchronise from scratch".into(),
+        )
     }
 
     /// Queues the error and marks the session closing.

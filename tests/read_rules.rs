@@ -60,23 +60,6 @@ async fn connect(p: &Pgsat, tok: &str) -> RawClient {
     c
 }
 
-/// Reads frames until a transaction with commit LSN ≥ `lsn` completed;
-/// returns the transactions (fails on an ErrorResp).
-async fn read_until(c: &mut RawClient, r: &mut TxnReader, lsn: u64) -> Vec<Txn> {
-    let mut out: Vec<Txn> = Vec::new();
-    while out.last().is_none_or(|t| t.lsn < lsn) {
-        let f = c.recv_timeout(T).await.expect("stream frame");
-        assert!(
-            f.ty == 9 || f.ty == 10,
-            "unexpected frame {} {:?}",
-            f.ty,
-            f.error()
-        );
-        out.extend(r.feed(&f));
-    }
-    out
-}
-
 /// Commit LSN of the newest transaction (as PingResp reports it).
 async fn head(c: &mut RawClient, r: &mut TxnReader, seen: &mut Vec<Txn>) -> u64 {
     c.send(7, &pb::PingReq {}).await;
@@ -169,6 +152,14 @@ read = "owner = auth.user_id AND (k = 1 OR k = 2)"
 "#;
 
 async fn setup(rules: &str) -> (PgServer, tempfile::TempDir, Pgsat, String) {
+    setup_env(rules, &[]).await
+}
+
+/// [`setup`] with more environment for pgsat.
+async fn setup_env(
+    rules: &str,
+    env: &[(&str, &str)],
+) -> (PgServer, tempfile::TempDir, Pgsat, String) {
     let pg = PgServer::start();
     pg.client()
         .await
@@ -177,7 +168,9 @@ async fn setup(rules: &str) -> (PgServer, tempfile::TempDir, Pgsat, String) {
         .expect("schema");
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_rules(dir.path(), "rules.toml", rules);
-    let p = Pgsat::start(&pg, &subdir(dir.path(), "data"), &[("RULES_FILE", &path)]);
+    let mut all = vec![("RULES_FILE", path.as_str())];
+    all.extend_from_slice(env);
+    let p = Pgsat::start(&pg, &subdir(dir.path(), "data"), &all);
     (pg, dir, p, path)
 }
 
@@ -444,7 +437,7 @@ async fn view_id_and_resync() {
         .await
         .expect("insert");
     let mut r = TxnReader::default();
-    let t = read_until(&mut c, &mut r, 1).await;
+    let t = c.read_txns_within(&mut r, 1, T).await;
     let lsn = t[0].lsn;
     drop(c);
 
@@ -715,7 +708,7 @@ async fn startup_errors() {
         .await
         .expect("insert");
     let mut r = TxnReader::default();
-    let t = read_until(&mut c, &mut r, 1).await;
+    let t = c.read_txns_within(&mut r, 1, T).await;
     assert_eq!(
         rows(&r, &t[0]),
         vec![("news".to_string(), "insert", vec![s("1"), s("n")])]
@@ -1284,16 +1277,8 @@ async fn tail_with_tables_prints_only_readable_rows() {
 /// another session of the same view and one of another user never notice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routed_session_that_stops_reading_catches_up_exactly() {
-    let pg = PgServer::start();
+    let (pg, _dir, p, _) = setup_env(RULES, &[("CLIENT_MAX_LAG_BYTES", "512MiB")]).await;
     let db = pg.client().await;
-    db.batch_execute(SCHEMA).await.expect("schema");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_rules(dir.path(), "rules.toml", RULES);
-    let p = Pgsat::start(
-        &pg,
-        &subdir(dir.path(), "data"),
-        &[("RULES_FILE", &path), ("CLIENT_MAX_LAG_BYTES", "512MiB")],
-    );
     let start = |user: &'static str| {
         let p = &p;
         async move {
@@ -1335,10 +1320,10 @@ async fn routed_session_that_stops_reading_catches_up_exactly() {
         write(round).await;
         got.entry("alice")
             .or_default()
-            .extend(read_until(&mut alice, &mut ra, 1).await);
+            .extend(alice.read_txns_within(&mut ra, 1, T).await);
         got.entry("bob")
             .or_default()
-            .extend(read_until(&mut bob, &mut rb, 1).await);
+            .extend(bob.read_txns_within(&mut rb, 1, T).await);
     }
     assert!(
         wait_until(T, || async {
@@ -1349,30 +1334,20 @@ async fn routed_session_that_stops_reading_catches_up_exactly() {
     );
     // It reads again: all 40 transactions, once each, in order.
     let mut rs = TxnReader::default();
-    let mut seen: Vec<Txn> = Vec::new();
-    while seen.len() < TXNS as usize {
-        let f = stalled.recv_timeout(T).await.expect("stalled frame");
-        assert!(
-            f.ty == 9 || f.ty == 10,
-            "unexpected frame {} {:?}",
-            f.ty,
-            f.error()
-        );
-        seen.extend(rs.feed(&f));
-    }
+    let mut seen = stalled.read_txns_within(&mut rs, TXNS as usize, T).await;
     // And joins the router again once caught up; a last transaction reaches all.
     assert!(
         wait_until(T, || async { p.metric("pgsat_routed_sessions") == 3.0 }).await,
         "the caught-up session did not rejoin"
     );
     write(TXNS).await;
-    seen.extend(read_until(&mut stalled, &mut rs, 1).await);
+    seen.extend(stalled.read_txns_within(&mut rs, 1, T).await);
     got.entry("alice")
         .or_default()
-        .extend(read_until(&mut alice, &mut ra, 1).await);
+        .extend(alice.read_txns_within(&mut ra, 1, T).await);
     got.entry("bob")
         .or_default()
-        .extend(read_until(&mut bob, &mut rb, 1).await);
+        .extend(bob.read_txns_within(&mut rb, 1, T).await);
 
     let check = |who: &str, txns: &[Txn], r: &TxnReader| {
         assert_eq!(txns.len(), TXNS as usize + 1, "{who}: transactions");
@@ -1453,7 +1428,7 @@ async fn routed_sessions_follow_schema_changes() {
     for (step, sql) in steps.iter().enumerate() {
         db.batch_execute(sql).await.expect("step");
         for (k, (user, c, r)) in clients.iter_mut().enumerate() {
-            let txns = read_until(c, r, 1).await;
+            let txns = c.read_txns_within(r, 1, T).await;
             assert_eq!(txns.len(), 1, "{user} step {step}");
             let mut got: Vec<i64> = Vec::new();
             for (table, op, cells) in rows(r, &txns[0]) {

@@ -39,21 +39,6 @@ fn write_rules(dir: &Path, name: &str, text: &str) -> String {
     p.display().to_string()
 }
 
-async fn start_req(
-    c: &mut RawClient,
-    req: pb::StartReplicationReq,
-) -> Result<pb::StartReplicationResp, pb::ErrorResp> {
-    c.send(3, &req).await;
-    let f = c.recv_timeout(T).await.expect("start answer");
-    match f.error() {
-        Some(e) => Err(e),
-        None => {
-            assert_eq!(f.ty, 4, "expected StartReplicationResp");
-            Ok(pb::StartReplicationResp::decode(f.body).expect("StartReplicationResp"))
-        }
-    }
-}
-
 async fn connect(p: &Pgsat, tok: &str) -> RawClient {
     let mut c = RawClient::connect(p.tcp).await;
     c.auth(tok).await;
@@ -197,7 +182,8 @@ async fn who_gets_what() {
     let mut clients = Vec::new();
     for tok in [&alice_tok, &bob_tok, &carol_tok, &zoe_tok] {
         let mut c = connect(&p, tok).await;
-        let resp = start_req(&mut c, pb::StartReplicationReq::default())
+        let resp = c
+            .start_req(pb::StartReplicationReq::default())
             .await
             .expect("start");
         assert!(resp.view_id.starts_with("v1-"), "{resp:?}");
@@ -205,15 +191,13 @@ async fn who_gets_what() {
     }
     // Alice only on projects.
     let mut alice_projects = connect(&p, &alice_tok).await;
-    start_req(
-        &mut alice_projects,
-        pb::StartReplicationReq {
+    alice_projects
+        .start_req(pb::StartReplicationReq {
             tables: vec!["projects".into()],
             ..Default::default()
-        },
-    )
-    .await
-    .expect("start on projects");
+        })
+        .await
+        .expect("start on projects");
     let mut ap_reader = TxnReader::default();
 
     let script = [
@@ -402,15 +386,13 @@ async fn who_gets_what() {
         "",
     ] {
         let mut c = connect(&p, &alice_tok).await;
-        let e = start_req(
-            &mut c,
-            pb::StartReplicationReq {
+        let e = c
+            .start_req(pb::StartReplicationReq {
                 tables: vec!["todos".into(), name.into()],
                 ..Default::default()
-            },
-        )
-        .await
-        .expect_err(name);
+            })
+            .await
+            .expect_err(name);
         assert_eq!(
             e.code,
             pb::ErrorCode::TableNotReadable as i32,
@@ -429,7 +411,8 @@ async fn view_id_and_resync() {
     let db = pg.client().await;
     let tok = token("alice", json!({"teams": ["red"], "level": 3, "unused": 1}));
     let mut c = connect(&p, &tok).await;
-    let resp = start_req(&mut c, pb::StartReplicationReq::default())
+    let resp = c
+        .start_req(pb::StartReplicationReq::default())
         .await
         .expect("start");
     let view = resp.view_id.clone();
@@ -444,16 +427,14 @@ async fn view_id_and_resync() {
     // Same claims (an unused one differs) → same id, resume accepted.
     let tok2 = token("alice", json!({"level": 3, "teams": ["red"], "unused": 2}));
     let mut c = connect(&p, &tok2).await;
-    let resp = start_req(
-        &mut c,
-        pb::StartReplicationReq {
+    let resp = c
+        .start_req(pb::StartReplicationReq {
             lsn,
             view_id: view.clone(),
             ..Default::default()
-        },
-    )
-    .await
-    .expect("resume");
+        })
+        .await
+        .expect("resume");
     assert_eq!(resp.view_id, view);
 
     // A refresh that changes only an unused claim is fine …
@@ -483,27 +464,22 @@ async fn view_id_and_resync() {
 
     // Other claims → another view_id → RESYNC_REQUIRED on resume.
     let mut c = connect(&p, &token("alice", json!({"teams": ["blue"], "level": 3}))).await;
-    let e = start_req(
-        &mut c,
-        pb::StartReplicationReq {
+    let e = c
+        .start_req(pb::StartReplicationReq {
             lsn,
             view_id: view.clone(),
             ..Default::default()
-        },
-    )
-    .await
-    .expect_err("claims changed");
+        })
+        .await
+        .expect_err("claims changed");
     assert_eq!(e.code, pb::ErrorCode::ResyncRequired as i32);
     assert!(c.closed_within(T).await);
     // Empty view_id (version 1 client): not checked.
     let mut c = connect(&p, &token("alice", json!({"teams": ["blue"]}))).await;
-    start_req(
-        &mut c,
-        pb::StartReplicationReq {
-            lsn,
-            ..Default::default()
-        },
-    )
+    c.start_req(pb::StartReplicationReq {
+        lsn,
+        ..Default::default()
+    })
     .await
     .expect("v1 resume");
     drop(c);
@@ -516,16 +492,14 @@ async fn view_id_and_resync() {
     .expect("rewrite");
     p.restart();
     let mut c = connect(&p, &tok).await;
-    let resp = start_req(
-        &mut c,
-        pb::StartReplicationReq {
+    let resp = c
+        .start_req(pb::StartReplicationReq {
             lsn,
             view_id: view.clone(),
             ..Default::default()
-        },
-    )
-    .await
-    .expect("resume after restart");
+        })
+        .await
+        .expect("resume after restart");
     assert_eq!(resp.view_id, view, "view_id stable across restarts");
     drop(c);
 
@@ -533,16 +507,14 @@ async fn view_id_and_resync() {
     std::fs::write(&path, RULES.replace("public = true", "public = false")).expect("rewrite");
     p.restart();
     let mut c = connect(&p, &tok).await;
-    let e = start_req(
-        &mut c,
-        pb::StartReplicationReq {
+    let e = c
+        .start_req(pb::StartReplicationReq {
             lsn,
             view_id: view.clone(),
             ..Default::default()
-        },
-    )
-    .await
-    .expect_err("rules changed");
+        })
+        .await
+        .expect_err("rules changed");
     assert_eq!(e.code, pb::ErrorCode::ResyncRequired as i32);
     drop(dir);
 }
@@ -650,7 +622,7 @@ async fn startup_errors() {
         json!({ns: {"user_id": "alice", "org": {"k": 2}}}),
     );
     let mut c = connect(&p, &tok).await;
-    start_req(&mut c, pb::StartReplicationReq::default())
+    c.start_req(pb::StartReplicationReq::default())
         .await
         .expect("start");
     let db = pg.client().await;
@@ -694,15 +666,13 @@ async fn startup_errors() {
         p.output()
     );
     let mut c = connect(&p, &token("bob", json!({}))).await;
-    let resp = start_req(
-        &mut c,
-        pb::StartReplicationReq {
+    let resp = c
+        .start_req(pb::StartReplicationReq {
             tables: vec!["public.news".into()],
             ..Default::default()
-        },
-    )
-    .await
-    .expect("start on news");
+        })
+        .await
+        .expect("start on news");
     assert_eq!(resp.view_id, "");
     db.batch_execute("INSERT INTO secrets VALUES (8, 'y'); INSERT INTO news VALUES (1, 'n')")
         .await
@@ -715,15 +685,13 @@ async fn startup_errors() {
     );
     assert_eq!(r.relations.len(), 1);
     let mut c = connect(&p, &token("bob", json!({}))).await;
-    let e = start_req(
-        &mut c,
-        pb::StartReplicationReq {
+    let e = c
+        .start_req(pb::StartReplicationReq {
             tables: vec!["nope".into()],
             ..Default::default()
-        },
-    )
-    .await
-    .expect_err("unpublished");
+        })
+        .await
+        .expect_err("unpublished");
     assert_eq!(e.code, pb::ErrorCode::TableNotReadable as i32);
 }
 
@@ -816,16 +784,14 @@ async fn client_task(
             let r = rep.lock().expect("replica");
             (r.position, r.view_id.clone())
         };
-        let resp = start_req(
-            &mut c,
-            pb::StartReplicationReq {
+        let resp = c
+            .start_req(pb::StartReplicationReq {
                 lsn,
                 view_id: view_id.clone(),
                 ..Default::default()
-            },
-        )
-        .await
-        .expect("start/resume");
+            })
+            .await
+            .expect("start/resume");
         {
             let mut r = rep.lock().expect("replica");
             if view_id.is_empty() {
@@ -1283,7 +1249,7 @@ async fn routed_session_that_stops_reading_catches_up_exactly() {
         let p = &p;
         async move {
             let mut c = connect(p, &token(user, json!({}))).await;
-            start_req(&mut c, pb::StartReplicationReq::default())
+            c.start_req(pb::StartReplicationReq::default())
                 .await
                 .expect("start");
             c
@@ -1408,7 +1374,7 @@ async fn routed_sessions_follow_schema_changes() {
     let mut clients = Vec::new();
     for user in ["alice", "bob"] {
         let mut c = connect(&p, &token(user, json!({}))).await;
-        start_req(&mut c, pb::StartReplicationReq::default())
+        c.start_req(pb::StartReplicationReq::default())
             .await
             .expect("start");
         clients.push((user, c, TxnReader::default()));

@@ -84,21 +84,6 @@ async fn connect(p: &Pgsat, tok: &str) -> RawClient {
     c
 }
 
-async fn start_req(
-    c: &mut RawClient,
-    req: pb::StartReplicationReq,
-) -> Result<pb::StartReplicationResp, pb::ErrorResp> {
-    c.send(3, &req).await;
-    let f = c.recv_timeout(T).await.expect("start answer");
-    match f.error() {
-        Some(e) => Err(e),
-        None => {
-            assert_eq!(f.ty, 4, "expected StartReplicationResp");
-            Ok(pb::StartReplicationResp::decode(f.body).expect("StartReplicationResp"))
-        }
-    }
-}
-
 /// What one session may read: the rules of RULES resolved by hand for a
 /// user's claims (the test's own model, independent of the server's).
 #[derive(Clone, Debug)]
@@ -473,7 +458,7 @@ async fn snapshot_under_rules() {
         // The view id as a plain start reports it.
         let view_id = {
             let mut c = connect(&p, &tok).await;
-            start_req(&mut c, pb::StartReplicationReq::default())
+            c.start_req(pb::StartReplicationReq::default())
                 .await
                 .expect("plain start")
                 .view_id
@@ -481,16 +466,14 @@ async fn snapshot_under_rules() {
         assert!(view_id.starts_with("v1-"), "{view_id:?}");
 
         let mut c = connect(&p, &tok).await;
-        let resp = start_req(
-            &mut c,
-            pb::StartReplicationReq {
+        let resp = c
+            .start_req(pb::StartReplicationReq {
                 snapshot: true,
                 tables: tables.clone(),
                 ..Default::default()
-            },
-        )
-        .await
-        .expect("snapshot start");
+            })
+            .await
+            .expect("snapshot start");
         assert_eq!(
             resp.view_id, view_id,
             "{}: StartReplicationResp.view_id",
@@ -526,17 +509,15 @@ async fn snapshot_under_rules() {
 
         // Resume from SnapshotEnd.lsn with the view id: the same changes.
         let mut c = connect(&p, &tok).await;
-        let resp = start_req(
-            &mut c,
-            pb::StartReplicationReq {
+        let resp = c
+            .start_req(pb::StartReplicationReq {
                 lsn: end.lsn,
                 tables,
                 view_id: view_id.clone(),
                 ..Default::default()
-            },
-        )
-        .await
-        .expect("resume from SnapshotEnd.lsn");
+            })
+            .await
+            .expect("resume from SnapshotEnd.lsn");
         assert_eq!(resp.view_id, view_id);
         let mut resumed = Replica {
             rows: at_end,
@@ -552,16 +533,14 @@ async fn snapshot_under_rules() {
     let alice = Who::new("alice", &["red"], None).token();
     for tables in [vec!["secrets"], vec!["todos", "public.secrets"]] {
         let mut c = connect(&p, &alice).await;
-        let e = start_req(
-            &mut c,
-            pb::StartReplicationReq {
+        let e = c
+            .start_req(pb::StartReplicationReq {
                 snapshot: true,
                 tables: tables.iter().map(|t| t.to_string()).collect(),
                 ..Default::default()
-            },
-        )
-        .await
-        .expect_err("unreadable table");
+            })
+            .await
+            .expect_err("unreadable table");
         assert_eq!(
             e.code,
             pb::ErrorCode::TableNotReadable as i32,
@@ -607,17 +586,15 @@ async fn workload_client(
         let mut c = RawClient::connect(addr).await;
         c.auth(&tok).await;
         let snapshot = position == 0;
-        let resp = start_req(
-            &mut c,
-            pb::StartReplicationReq {
+        let resp = c
+            .start_req(pb::StartReplicationReq {
                 lsn: position,
                 tables,
                 snapshot,
                 view_id: if snapshot { String::new() } else { view_id },
-            },
-        )
-        .await
-        .expect("start or resume");
+            })
+            .await
+            .expect("start or resume");
         {
             let mut s = st.lock().expect("state");
             if snapshot {

@@ -397,26 +397,41 @@ impl RawClient {
         out
     }
 
+    /// Sends `req` and returns the StartReplicationResp, or the ErrorResp
+    /// the server answered with.
+    #[allow(dead_code)]
+    pub async fn start_req(
+        &mut self,
+        req: pb::StartReplicationReq,
+    ) -> Result<pb::StartReplicationResp, pb::ErrorResp> {
+        self.start_req_within(req, Duration::from_secs(15)).await
+    }
+
+    async fn start_req_within(
+        &mut self,
+        req: pb::StartReplicationReq,
+        within: Duration,
+    ) -> Result<pb::StartReplicationResp, pb::ErrorResp> {
+        self.send(3, &req).await;
+        let f = self.recv_timeout(within).await.expect("start answer");
+        match f.error() {
+            Some(e) => Err(e),
+            None => {
+                assert_eq!(f.ty, 4, "expected StartReplicationResp");
+                Ok(pb::StartReplicationResp::decode(f.body).expect("StartReplicationResp"))
+            }
+        }
+    }
+
     pub async fn start(&mut self, lsn: u64) -> pb::StartReplicationResp {
-        self.send(
-            3,
-            &pb::StartReplicationReq {
-                lsn,
-                ..Default::default()
-            },
-        )
-        .await;
-        let f = self
-            .recv_timeout(Duration::from_secs(10))
-            .await
-            .expect("start answer");
-        assert_eq!(
-            f.ty,
-            4,
-            "expected StartReplicationResp, got {:?}",
-            f.error()
-        );
-        pb::StartReplicationResp::decode(f.body).expect("StartReplicationResp")
+        let req = pb::StartReplicationReq {
+            lsn,
+            ..Default::default()
+        };
+        match self.start_req_within(req, Duration::from_secs(10)).await {
+            Ok(resp) => resp,
+            Err(e) => panic!("expected StartReplicationResp, got {e:?}"),
+        }
     }
 }
 

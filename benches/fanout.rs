@@ -31,7 +31,6 @@ use std::time::Duration;
 
 use common::fan::{self, Users, ROWS_PER_TXN};
 use common::{postgres_pids, CHILD_ENV};
-use support::pgsat::Pgsat;
 use support::PgServer;
 
 fn main() {
@@ -52,19 +51,7 @@ fn main() {
         "fan",
     );
     let data_dir = tempfile::tempdir().expect("data dir");
-    // MAX_CONNECTIONS defaults to 10,000; set it explicitly above the client
-    // count so the bench does not depend on the default.
-    let max_conn = (clients + 100).to_string();
-    let pgsat = Pgsat::start(
-        &pg,
-        data_dir.path(),
-        &[
-            ("PUBLICATION", "pgsat_bench"),
-            ("REPLICATION_SLOT", "pgsat"),
-            ("LOG_LEVEL", "warn"),
-            ("MAX_CONNECTIONS", &max_conn),
-        ],
-    );
+    let pgsat = common::start_pgsat(&pg, data_dir.path(), Some(clients), &[]);
     let mut child = fan::spawn_clients(pgsat.tcp, clients, &Users::Shared);
     eprintln!(
         "pgsat RSS {:.1} MiB",

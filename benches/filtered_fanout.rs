@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use common::fan::{self, Step, Users, ROWS_PER_TXN};
 use common::{postgres_pids, ChildProc, CHILD_ENV};
 use rand::{Rng, SeedableRng};
-use support::pgsat::Pgsat;
 use support::PgServer;
 
 const USER_PREFIX: &str = "u";
@@ -139,17 +138,11 @@ fn main() {
         "[[table]]\nname = \"public.items\"\nread = \"owner = auth.user_id\"\n",
     )
     .expect("rules file");
-    let max_conn = (clients.max(small) + 100).to_string();
-    let pgsat = Pgsat::start(
+    let pgsat = common::start_pgsat(
         &pg,
         data_dir.path(),
-        &[
-            ("PUBLICATION", "pgsat_bench"),
-            ("REPLICATION_SLOT", "pgsat"),
-            ("LOG_LEVEL", "warn"),
-            ("MAX_CONNECTIONS", &max_conn),
-            ("RULES_FILE", &rules.display().to_string()),
-        ],
+        Some(clients.max(small)),
+        &[("RULES_FILE", &rules.display().to_string())],
     );
     let users = Users::PerUser(USER_PREFIX.into());
     let mut child = fan::spawn_clients(pgsat.tcp, clients, &users);

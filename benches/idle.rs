@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::light;
 use common::{proc_status_kib, ChildProc, CHILD_ENV};
-use support::pgsat::{insecure_token, Pgsat};
+use support::pgsat::insecure_token;
 use support::PgServer;
 
 fn main() {
@@ -40,17 +40,7 @@ fn main() {
         "idle_t",
     );
     let data_dir = tempfile::tempdir().expect("data dir");
-    let max_conn = (n + 100).to_string();
-    let pgsat = Pgsat::start(
-        &pg,
-        data_dir.path(),
-        &[
-            ("PUBLICATION", "pgsat_bench"),
-            ("REPLICATION_SLOT", "pgsat"),
-            ("LOG_LEVEL", "warn"),
-            ("MAX_CONNECTIONS", &max_conn),
-        ],
-    );
+    let pgsat = common::start_pgsat(&pg, data_dir.path(), Some(n as u64), &[]);
     let pid = pgsat.pid();
     let token = insecure_token("bench", 24 * 3600);
     pg.execute("INSERT INTO idle_t (note) VALUES ('before')");

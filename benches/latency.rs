@@ -25,7 +25,7 @@ use pgsat::pg::conn::{ConnParams, ReplicationConn};
 use pgsat::pg::lsn::PG_EPOCH_OFFSET_MICROS;
 use pgsat::pg::pgoutput::{self, PgOutput};
 use pgsat::pg::replication::ReplMessage;
-use support::pgsat::{insecure_token, Pgsat};
+use support::pgsat::insecure_token;
 use support::PgServer;
 
 const WARMUP: usize = 100;
@@ -51,15 +51,7 @@ fn main() {
     );
     pg.execute("SELECT pg_create_logical_replication_slot('direct', 'pgoutput')");
     let data_dir = tempfile::tempdir().expect("data dir");
-    let pgsat = Pgsat::start(
-        &pg,
-        data_dir.path(),
-        &[
-            ("PUBLICATION", "pgsat_bench"),
-            ("REPLICATION_SLOT", "pgsat"),
-            ("LOG_LEVEL", "warn"),
-        ],
-    );
+    let pgsat = common::start_pgsat(&pg, data_dir.path(), None, &[]);
 
     let direct: Seen = Arc::default();
     let via_pgsat: Seen = Arc::default();

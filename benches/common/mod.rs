@@ -124,6 +124,28 @@ pub fn bench_schema(pg: &crate::support::PgServer, table_ddl: &str, tables: &str
     ));
 }
 
+/// The release pgsat on [`bench_schema`]'s publication, logging warnings
+/// only. `clients`: the bench's connection count; MAX_CONNECTIONS (default
+/// 10,000) is set above it so the bench does not depend on the default.
+pub fn start_pgsat(
+    pg: &crate::support::PgServer,
+    data_dir: &Path,
+    clients: Option<u64>,
+    extra: &[(&str, &str)],
+) -> crate::support::pgsat::Pgsat {
+    let max_conn = clients.map(|n| (n + 100).to_string());
+    let mut env = vec![
+        ("PUBLICATION", "pgsat_bench"),
+        ("REPLICATION_SLOT", "pgsat"),
+        ("LOG_LEVEL", "warn"),
+    ];
+    if let Some(m) = &max_conn {
+        env.push(("MAX_CONNECTIONS", m.as_str()));
+    }
+    env.extend_from_slice(extra);
+    crate::support::pgsat::Pgsat::start(pg, data_dir, &env)
+}
+
 pub fn dir_size(path: &Path) -> u64 {
     let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(path) {

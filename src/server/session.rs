@@ -612,9 +612,10 @@ impl Session {
             self.out.push(frames);
         }
         // The session loop drains too (and waits for room); a registration
-        // made here with a no-op waker is replaced by its poll.
-        self.writer.try_drain(&mut self.out);
+        // made here with a no-op waker is replaced by its poll. Counted
+        // first: a client may read the bytes before try_drain returns.
         self.count_sent(frame_count as u64, len);
+        self.writer.try_drain(&mut self.out);
         self.check_snapshot_end();
         self.check_lag();
     }

@@ -175,6 +175,7 @@ pub struct DevPgBuilder {
     extra_conf: Vec<String>,
     prefix: String,
     watchdog: bool,
+    drop_mode: StopMode,
 }
 
 impl Default for DevPgBuilder {
@@ -184,6 +185,7 @@ impl Default for DevPgBuilder {
             extra_conf: Vec::new(),
             prefix: "pgsat-dev-".to_string(),
             watchdog: true,
+            drop_mode: StopMode::Fast,
         }
     }
 }
@@ -214,6 +216,14 @@ impl DevPgBuilder {
         self
     }
 
+    /// How `Drop` stops the server (default `fast`, falling back to
+    /// `immediate`; tests use `immediate`: nothing to keep, no wait for
+    /// replication clients).
+    pub fn drop_mode(mut self, mode: StopMode) -> Self {
+        self.drop_mode = mode;
+        self
+    }
+
     /// Finds the binaries, runs `initdb` and starts the server. Blocking
     /// (it runs child processes): call it from `spawn_blocking` in async code.
     pub fn start(self) -> Result<DevPg, DevPgError> {
@@ -234,6 +244,7 @@ pub struct DevPg {
     run_as: Option<(u32, u32)>,
     /// The watchdog child waits for EOF on this pipe.
     watchdog: Option<(Child, ChildStdin)>,
+    drop_mode: StopMode,
 }
 
 impl std::fmt::Debug for DevPg {
@@ -286,6 +297,7 @@ impl DevPg {
             host_auth: opts.host_auth,
             run_as,
             watchdog: None,
+            drop_mode: opts.drop_mode,
         };
         pg.chown(&pg.root.clone())?;
         if opts.watchdog {
@@ -553,7 +565,7 @@ impl DevPg {
 impl Drop for DevPg {
     fn drop(&mut self) {
         if self.data_dir().join("postmaster.pid").exists()
-            && self.stop(StopMode::Fast, Duration::from_secs(10)).is_err()
+            && self.stop(self.drop_mode, Duration::from_secs(10)).is_err()
         {
             let _ = self.stop(StopMode::Immediate, Duration::from_secs(10));
         }

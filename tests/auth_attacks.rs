@@ -19,7 +19,6 @@ mod support;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
@@ -1209,55 +1208,14 @@ async fn every_algorithm_end_to_end() {
 
 // ------------------------------------------------------------------ JWKS
 
-/// A JWKS endpoint whose answer the test changes; records when it was hit.
-struct JwksServer {
-    url: String,
-    body: Arc<Mutex<(u16, String)>>,
-    hits: Arc<Mutex<Vec<Instant>>>,
-    task: tokio::task::JoinHandle<()>,
+use support::jwks::JwksServer;
+
+/// What the attack tests check of the JWKS server.
+trait JwksChecks {
+    fn assert_rate_limited(&self);
 }
 
-impl JwksServer {
-    async fn start(keys: Value) -> JwksServer {
-        let body = Arc::new(Mutex::new((200u16, json!({ "keys": keys }).to_string())));
-        let hits = Arc::new(Mutex::new(Vec::new()));
-        let (b, h) = (body.clone(), hits.clone());
-        let app = axum::Router::new().route(
-            "/jwks.json",
-            axum::routing::get(move || {
-                let (b, h) = (b.clone(), h.clone());
-                async move {
-                    h.lock().unwrap().push(Instant::now());
-                    let (status, body) = b.lock().unwrap().clone();
-                    (axum::http::StatusCode::from_u16(status).unwrap(), body)
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        JwksServer {
-            url: format!("http://{addr}/jwks.json"),
-            body,
-            hits,
-            task,
-        }
-    }
-
-    fn set_keys(&self, keys: Value) {
-        *self.body.lock().unwrap() = (200, json!({ "keys": keys }).to_string());
-    }
-
-    fn set_down(&self) {
-        *self.body.lock().unwrap() = (503, "down".into());
-    }
-
-    fn hits(&self) -> Vec<Instant> {
-        self.hits.lock().unwrap().clone()
-    }
-
+impl JwksChecks for JwksServer {
     /// The rate limit: fetches at least 30 s apart (a few ms of slack for
     /// the two clocks: the server's Instant is taken before the request).
     fn assert_rate_limited(&self) {
@@ -1270,12 +1228,6 @@ impl JwksServer {
                 hits.len()
             );
         }
-    }
-}
-
-impl Drop for JwksServer {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -1,8 +1,6 @@
 //! The attack suite: every case is a token built byte by byte and the exact
 //! `ErrorCode` it must get (no database: `verify_token` / `verify`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
@@ -879,58 +877,9 @@ fn minted_tokens_verify() {
 
 // ---------------------------------------------------------------- JWKS
 
-/// A JWKS endpoint on 127.0.0.1 whose answer the test changes at will.
-struct JwksServer {
-    url: String,
-    body: Arc<Mutex<(u16, String)>>,
-    hits: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl JwksServer {
-    async fn start(keys: Value) -> Self {
-        let body = Arc::new(Mutex::new((200u16, json!({ "keys": keys }).to_string())));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (b, h) = (body.clone(), hits.clone());
-        let app = axum::Router::new().route(
-            "/jwks.json",
-            axum::routing::get(move || {
-                let (b, h) = (b.clone(), h.clone());
-                async move {
-                    h.fetch_add(1, Ordering::SeqCst);
-                    let (status, body) = b.lock().unwrap().clone();
-                    (axum::http::StatusCode::from_u16(status).unwrap(), body)
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        JwksServer {
-            url: format!("http://{addr}/jwks.json"),
-            body,
-            hits,
-            task,
-        }
-    }
-    fn set_keys(&self, keys: Value) {
-        *self.body.lock().unwrap() = (200, json!({ "keys": keys }).to_string());
-    }
-    fn set_down(&self) {
-        *self.body.lock().unwrap() = (503, "down".into());
-    }
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for JwksServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+#[path = "../../tests/support/jwks.rs"]
+mod jwks_server;
+use jwks_server::JwksServer;
 
 fn rsa_sk(n: u8) -> EncodingKey {
     let f = if n == 1 {
@@ -984,7 +933,7 @@ async fn jwks_rotation() {
         code_of(&a, &kid_token(Algorithm::RS256, "k1", &k1)).await,
         OK
     );
-    assert_eq!(srv.hits(), 1);
+    assert_eq!(srv.hit_count(), 1);
     // k2 signed by k1's kid: wrong key.
     assert_eq!(
         code_of(&a, &kid_token(Algorithm::RS256, "k1", &k2)).await,
@@ -996,7 +945,7 @@ async fn jwks_rotation() {
         code_of(&a, &kid_token(Algorithm::RS256, "k2", &k2)).await,
         OK
     );
-    assert_eq!(srv.hits(), 2);
+    assert_eq!(srv.hit_count(), 2);
     assert_eq!(
         code_of(&a, &kid_token(Algorithm::RS256, "k1", &k1)).await,
         FAILED
@@ -1022,13 +971,13 @@ async fn jwks_endpoint_down_keeps_last_good_set() {
         code_of(&a, &kid_token(Algorithm::RS256, "k9", &k1)).await,
         FAILED
     );
-    assert_eq!(srv.hits(), 2);
+    assert_eq!(srv.hit_count(), 2);
     assert_eq!(
         code_of(&a, &kid_token(Algorithm::RS256, "k1", &k1)).await,
         OK
     );
     // Malformed document: same.
-    *srv.body.lock().unwrap() = (200, "{\"keys\": 5}".into());
+    srv.set_body(200, "{\"keys\": 5}");
     assert_eq!(
         code_of(&a, &kid_token(Algorithm::RS256, "k8", &k1)).await,
         FAILED
@@ -1061,7 +1010,7 @@ async fn jwks_refetch_is_rate_limited() {
         code_of(&a, &kid_token(Algorithm::RS256, "k1", &k1)).await,
         OK
     );
-    assert_eq!(srv.hits(), 1);
+    assert_eq!(srv.hit_count(), 1);
     srv.set_keys(json!([
         jwk(&k1, Algorithm::RS256, "k1", true),
         jwk(&k2, Algorithm::RS256, "k2", true)
@@ -1075,7 +1024,7 @@ async fn jwks_refetch_is_rate_limited() {
         code_of(&a, &kid_token(Algorithm::RS256, "k2", &k2)).await,
         FAILED
     );
-    assert_eq!(srv.hits(), 1);
+    assert_eq!(srv.hit_count(), 1);
     assert_eq!(a.jwks().unwrap().fetch_count(), 1);
 
     // Fresh cache: the first unknown kid fetches, the second does not.

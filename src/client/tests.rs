@@ -16,6 +16,7 @@ use tokio_util::codec::Framed;
 
 use super::config::BoxFuture;
 use super::*;
+use crate::protocol::fixtures::{text_relation, text_row};
 use crate::protocol::pb::trans_op::Op as PbOp;
 use crate::protocol::pb::{self, ErrorCode};
 use crate::protocol::{ws_payload, ClientMessage, Frame, FrameDecoder, ServerMessage};
@@ -179,39 +180,11 @@ fn config() -> ClientConfig {
 // ---------------------------------------------------------------- messages
 
 fn relation(id: u32, table: &str, cols: &[&str]) -> ServerMessage {
-    ServerMessage::Relation(pb::Relation {
-        relation_id: id,
-        schema: "public".into(),
-        table: table.into(),
-        columns: cols
-            .iter()
-            .map(|c| pb::Column {
-                name: c.to_string(),
-                type_oid: 25,
-                type_name: "text".into(),
-                primary_key: *c == "id",
-                nullable: true,
-            })
-            .collect(),
-    })
+    ServerMessage::Relation(text_relation(id, table, cols))
 }
 
-/// A row of text values; `None` is NULL.
 fn row(vals: &[Option<&str>]) -> pb::Row {
-    let mut nulls = vec![0u8; vals.len().div_ceil(8)];
-    for (i, v) in vals.iter().enumerate() {
-        if v.is_none() {
-            nulls[i / 8] |= 0x80 >> (i % 8);
-        }
-    }
-    pb::Row {
-        nulls: Bytes::from(nulls),
-        values: vals
-            .iter()
-            .map(|v| Bytes::from(v.unwrap_or("").to_owned()))
-            .collect(),
-        unchanged: Bytes::new(),
-    }
+    text_row(vals)
 }
 
 fn oplog(ops: Vec<PbOp>) -> ServerMessage {

@@ -7,6 +7,8 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/pgsat.v1.rs"));
 }
 
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod frame;
 pub mod message;
 pub mod msg_type;

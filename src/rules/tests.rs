@@ -12,6 +12,7 @@ use super::filter::{filter, FilterCache, RelFilter, Subscription};
 use super::wire::parse_txn;
 use super::{Rules, RulesFile, View};
 use crate::log::TxnEntry;
+use crate::protocol::fixtures::{text_relation, text_row};
 use crate::protocol::pb;
 use crate::protocol::pb::trans_op::Op;
 
@@ -24,41 +25,11 @@ fn frame(ty: u8, body: &[u8]) -> Bytes {
 }
 
 fn relation(id: u32, table: &str, cols: &[&str]) -> Bytes {
-    let r = pb::Relation {
-        relation_id: id,
-        schema: "public".into(),
-        table: table.into(),
-        columns: cols
-            .iter()
-            .map(|c| pb::Column {
-                name: c.to_string(),
-                type_oid: 25,
-                type_name: "text".into(),
-                primary_key: *c == "id",
-                nullable: true,
-            })
-            .collect(),
-    };
-    frame(9, &r.encode_to_vec())
+    frame(9, &text_relation(id, table, cols).encode_to_vec())
 }
 
 fn row(vals: &[Option<&str>]) -> pb::Row {
-    let mut nulls = vec![0u8; vals.len().div_ceil(8)];
-    let mut values = Vec::new();
-    for (i, v) in vals.iter().enumerate() {
-        match v {
-            Some(s) => values.push(Bytes::copy_from_slice(s.as_bytes())),
-            None => {
-                nulls[i / 8] |= 0x80 >> (i % 8);
-                values.push(Bytes::new());
-            }
-        }
-    }
-    pb::Row {
-        nulls: nulls.into(),
-        values,
-        unchanged: Bytes::new(),
-    }
+    text_row(vals)
 }
 
 const LSN: u64 = 0x1_0000;

@@ -79,7 +79,10 @@ impl Pgsat {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsat"));
+        // PGSAT_BIN: another build of pgsat (benches compare two builds).
+        let bin =
+            std::env::var_os("PGSAT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_pgsat").into());
+        let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -26,6 +26,7 @@ use crate::pg::lsn::Lsn;
 use crate::pg::pgoutput;
 use crate::pg::replication::ReplMessage;
 use crate::pg::slot;
+use crate::pg::sql::SqlConfig;
 use crate::pg::PgError;
 use crate::server::registry::Registry;
 
@@ -296,17 +297,7 @@ impl Replicator {
 
 /// An ordinary SQL connection to the same server.
 pub async fn connect_sql(params: &ConnParams) -> Result<tokio_postgres::Client, PgError> {
-    let (client, connection) = params
-        .to_tokio_postgres()
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(PgError::from)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "SQL connection ended");
-        }
-    });
-    Ok(client)
+    Ok(SqlConfig::new(params)?.connect("SQL", false).await?.0)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -47,7 +47,7 @@ fn pg_config(pg: &PgServer) -> tokio_postgres::Config {
 }
 
 async fn start(pg: &PgServer, table: &str, column: &str) -> Result<Authenticator, AuthInitError> {
-    Authenticator::new(&settings(table, column), pg_config(pg)).await
+    Authenticator::new(&settings(table, column), pg_config(pg).into()).await
 }
 
 async fn code(a: &Authenticator, user_id: &str) -> Option<ErrorCode> {

@@ -608,7 +608,9 @@ async fn reader_chooses_published_tables_and_refuses_others() {
     .await
     .expect("schema");
     let cfg: tokio_postgres::Config = pg.url().parse().expect("url");
-    let mut conn = SnapshotConn::connect(cfg.clone()).await.expect("connect");
+    let mut conn = SnapshotConn::connect(cfg.clone().into())
+        .await
+        .expect("connect");
     let (snap, lsn) = conn.begin().await.expect("begin");
     assert!(snap.xmin <= snap.xmax && lsn > 0);
     let all = conn.tables("p", &[]).await.expect("tables");
@@ -658,7 +660,7 @@ async fn reader_chooses_published_tables_and_refuses_others() {
     )
     .await
     .expect("more tables");
-    let mut conn = SnapshotConn::connect(cfg).await.expect("connect");
+    let mut conn = SnapshotConn::connect(cfg.into()).await.expect("connect");
     conn.begin().await.expect("begin");
     let tables = conn.tables("p2", &[]).await.expect("tables");
     let (tx, mut rx) = tokio::sync::mpsc::channel::<SnapshotItem>(64);
@@ -902,7 +904,9 @@ async fn truncate_after_the_snapshot_does_not_empty_it() {
 
     // Unlocked (the old behaviour): the TRUNCATE goes through and the
     // snapshot reads an empty table although it did not see the TRUNCATE.
-    let mut conn = SnapshotConn::connect(cfg.clone()).await.expect("connect");
+    let mut conn = SnapshotConn::connect(cfg.clone().into())
+        .await
+        .expect("connect");
     conn.begin().await.expect("begin");
     let other = pg.client().await;
     other
@@ -917,7 +921,7 @@ async fn truncate_after_the_snapshot_does_not_empty_it() {
     // Locked (only the tables the session reads): the TRUNCATE of `a`
     // cannot get its lock while the snapshot is open; `b` (subscribed but
     // not read, e.g. unreadable under the rules) is not locked.
-    let mut conn = SnapshotConn::connect(cfg).await.expect("connect");
+    let mut conn = SnapshotConn::connect(cfg.into()).await.expect("connect");
     conn.begin_locked("p", &["a".into(), "b".into()], &|_, t| t == "a")
         .await
         .expect("begin_locked");

@@ -97,7 +97,7 @@ impl Authenticator {
     /// fetch failure here is logged, not fatal (see `jwks`).
     pub async fn new(
         settings: &AuthSettings,
-        pg: tokio_postgres::Config,
+        pg: crate::pg::sql::SqlConfig,
     ) -> Result<Self, AuthInitError> {
         let mut inner = build(settings, jwks::MIN_REFETCH)?;
         inner.users = Some(

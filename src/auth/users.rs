@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
+
+use crate::pg::sql::SqlConfig;
+use crate::pg::PgError;
 
 use super::error::{AuthError, AuthInitError};
 
@@ -39,7 +42,7 @@ struct Conn {
 
 /// A tiny pool of ordinary connections with the lookup statement prepared.
 pub struct UsersLookup {
-    pg: tokio_postgres::Config,
+    pg: SqlConfig,
     sql: String,
     timeout: Duration,
     slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
@@ -48,20 +51,14 @@ pub struct UsersLookup {
     target: String,
 }
 
-async fn connect(pg: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = pg.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!("users lookup connection closed: {e}");
-        }
-    });
-    Ok(client)
+async fn connect(pg: &SqlConfig) -> Result<Client, PgError> {
+    Ok(pg.connect("users lookup", true).await?.0)
 }
 
 impl UsersLookup {
     /// Resolves the table and column, prepares the statement and runs it once.
     pub async fn new(
-        mut pg: tokio_postgres::Config,
+        mut pg: SqlConfig,
         table: &str,
         column: &str,
         timeout: Duration,
@@ -71,7 +68,7 @@ impl UsersLookup {
         let client = tokio::time::timeout(timeout.max(Duration::from_secs(5)), connect(&pg))
             .await
             .map_err(|_| AuthInitError::Database("timed out connecting to Postgres".to_owned()))?
-            .map_err(db)?;
+            .map_err(|e| AuthInitError::Database(e.to_string()))?;
         let row = client
             .query_opt(
                 "SELECT c.oid, n.nspname::text, c.relname::text

@@ -140,13 +140,16 @@ pub fn check_database_url(s: &str) -> Result<(), String> {
             url.scheme()
         ));
     }
-    s.parse::<tokio_postgres::Config>().map_err(|e| {
+    let hide = |e: crate::pg::PgError| {
         let mut msg = e.to_string();
         if let Some(pw) = url.password().filter(|p| !p.is_empty()) {
             msg = msg.replace(pw, "***");
         }
-        format!("not accepted by the Postgres client: {msg}")
-    })?;
+        msg
+    };
+    let params = crate::pg::conn::ConnParams::from_url(s).map_err(hide)?;
+    // sslrootcert is read now, so a missing or bad file fails the start.
+    params.tls.client_config().map_err(hide)?;
     Ok(())
 }
 

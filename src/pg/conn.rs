@@ -7,9 +7,9 @@
 //! [`PgError::Protocol`], never a panic), and the password never appears in
 //! any `Debug`/`Display` output.
 //!
-//! Scope: no TLS (no SSLRequest is sent; `sslmode=require`/`verify-*` are
-//! refused), so SCRAM channel binding (`SCRAM-SHA-256-PLUS`) is not offered.
-//! Authentication by trust, cleartext password, MD5 and SCRAM-SHA-256.
+//! TLS as libpq's `sslmode`/`sslrootcert` say (see [`super::tls`]; SCRAM
+//! channel binding, `SCRAM-SHA-256-PLUS`, is not offered). Authentication
+//! by trust, cleartext password, MD5 and SCRAM-SHA-256.
 //!
 //! The session is pinned to `DateStyle=ISO`, `TimeZone=UTC`,
 //! `IntervalStyle=postgres`, `extra_float_digits=3` and
@@ -28,6 +28,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::pg::lsn::Lsn;
+use crate::pg::tls::{self, Negotiated, RootCert, SslMode, TlsSettings};
 
 /// Largest message accepted from the server (1 GiB, Postgres' own limit for
 /// a single field). A longer length prefix is a protocol error.
@@ -72,6 +73,10 @@ pub enum PgError {
     /// (wal_level, rights, slot state); the message says how to fix it.
     #[error("{0}")]
     Setup(String),
+    /// TLS could not be set up as `sslmode` asks: the server refuses TLS,
+    /// or its certificate fails the check. Not transient.
+    #[error("Postgres TLS: {0}")]
+    Tls(String),
 }
 
 impl PgError {
@@ -89,9 +94,11 @@ impl PgError {
                     || code == "40001"
                     || code == "40P01"
             }
-            PgError::Config(_) | PgError::Auth(_) | PgError::Protocol(_) | PgError::Setup(_) => {
-                false
-            }
+            PgError::Config(_)
+            | PgError::Auth(_)
+            | PgError::Protocol(_)
+            | PgError::Setup(_)
+            | PgError::Tls(_) => false,
         }
     }
 
@@ -123,6 +130,9 @@ impl From<tokio_postgres::Error> for PgError {
         if e.is_closed() {
             return PgError::Closed;
         }
+        if let Some(cause) = tls::tls_cause(&e) {
+            return PgError::Tls(format!("TLS handshake with the server failed: {cause}"));
+        }
         PgError::Io(std::io::Error::other(e.to_string()))
     }
 }
@@ -151,6 +161,8 @@ pub struct ConnParams {
     pub dbname: String,
     pub application_name: String,
     pub connect_timeout: Duration,
+    /// `sslmode`, `sslrootcert`.
+    pub tls: TlsSettings,
 }
 
 impl fmt::Debug for ConnParams {
@@ -169,6 +181,7 @@ impl fmt::Debug for ConnParams {
             .field("dbname", &self.dbname)
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
+            .field("sslmode", &self.tls.mode.as_str())
             .finish()
     }
 }
@@ -206,9 +219,9 @@ impl ConnParams {
     /// `postgresql://`). Userinfo and path are percent-decoded. Query
     /// parameters: `host` (a path starting with `/` selects a unix socket
     /// directory), `port`, `user`, `password`, `dbname`, `application_name`,
-    /// `connect_timeout` (seconds), `sslmode` (`disable`, `allow`, `prefer`
-    /// only: TLS is not supported). Any other parameter is an error, so a typo
-    /// is not silently ignored.
+    /// `connect_timeout` (seconds), `sslmode` (libpq's six, default
+    /// `prefer`) and `sslrootcert` (a PEM file, or `system`). Any other
+    /// parameter is an error, so a typo is not silently ignored.
     pub fn from_url(s: &str) -> Result<ConnParams, PgError> {
         let url = match url::Url::parse(s) {
             Ok(u) => u,
@@ -257,6 +270,7 @@ impl ConnParams {
         };
         let mut application_name = "pgsat".to_string();
         let mut connect_timeout = Duration::from_secs(10);
+        let mut tls = TlsSettings::default();
         for (k, v) in url.query_pairs() {
             let v = v.into_owned();
             match &*k {
@@ -282,19 +296,16 @@ impl ConnParams {
                     })?;
                     connect_timeout = Duration::from_secs(secs.max(1));
                 }
-                "sslmode" => match &*v {
-                    "disable" | "allow" | "prefer" => {}
-                    other => {
-                        return Err(PgError::Config(format!(
-                            "sslmode={other} is not supported: pgsat connects without TLS \
-                             (use sslmode=disable, or a local/private network)"
-                        )))
-                    }
-                },
+                "sslmode" => tls.mode = SslMode::parse(&v)?,
+                "sslrootcert" if v.is_empty() => {
+                    return Err(PgError::Config("sslrootcert is empty".into()))
+                }
+                "sslrootcert" if v == "system" => tls.root_cert = Some(RootCert::System),
+                "sslrootcert" => tls.root_cert = Some(RootCert::File(PathBuf::from(v))),
                 other => {
                     return Err(PgError::Config(format!(
                         "unknown URL parameter {other:?} (supported: host, port, user, password, \
-                         dbname, application_name, connect_timeout, sslmode)"
+                         dbname, application_name, connect_timeout, sslmode, sslrootcert)"
                     )))
                 }
             }
@@ -326,6 +337,7 @@ impl ConnParams {
             dbname,
             application_name,
             connect_timeout,
+            tls,
         })
     }
 
@@ -654,8 +666,16 @@ impl ReplicationConn {
                 socket2::SockRef::from(&stream)
                     .set_tcp_keepalive(&ka)
                     .map_err(connect_err)?;
-                let (r, w) = stream.into_split();
-                (Box::new(r), Box::new(w))
+                match tls::negotiate(stream, h, &params.tls).await? {
+                    Negotiated::Plain(stream) => {
+                        let (r, w) = stream.into_split();
+                        (Box::new(r), Box::new(w))
+                    }
+                    Negotiated::Tls(stream) => {
+                        let (r, w) = tokio::io::split(stream);
+                        (Box::new(r), Box::new(w))
+                    }
+                }
             }
             Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{}", params.port));
@@ -992,7 +1012,9 @@ mod tests {
     fn url_errors() {
         for bad in [
             "mysql://x/y",
-            "postgres://h/db?sslmode=require",
+            "postgres://h/db?sslmode=required",
+            "postgres://h/db?sslrootcert=",
+            "postgres://h/db?sslcert=/c.pem",
             "postgres://h/db?bogus=1",
             "postgres://h/db?port=abc",
             "postgres://h:0/db",
@@ -1005,6 +1027,56 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn url_tls_settings() {
+        let p = ConnParams::from_url("postgres://h/db").unwrap();
+        assert_eq!(p.tls, TlsSettings::default());
+        assert_eq!(p.tls.mode, SslMode::Prefer, "libpq's default");
+        for mode in [
+            "disable",
+            "allow",
+            "prefer",
+            "require",
+            "verify-ca",
+            "verify-full",
+        ] {
+            let p = ConnParams::from_url(&format!("postgres://h/db?sslmode={mode}")).unwrap();
+            assert_eq!(p.tls.mode.as_str(), mode);
+            assert_eq!(p.tls.root_cert, None);
+        }
+        let p = ConnParams::from_url("postgres://h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem")
+            .unwrap();
+        assert_eq!(p.tls.root_cert, Some(RootCert::File("/etc/ca.pem".into())));
+        let p = ConnParams::from_url("postgres://h/db?sslrootcert=system").unwrap();
+        assert_eq!(p.tls.root_cert, Some(RootCert::System));
+        assert!(format!("{p:?}").contains("prefer"));
+    }
+
+    #[test]
+    fn tls_config_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        for (path, what) in [(&missing, "missing.pem"), (&junk, "junk.pem")] {
+            let p = ConnParams::from_url(&format!(
+                "postgres://h/db?sslmode=verify-ca&sslrootcert={}",
+                path.display()
+            ))
+            .unwrap();
+            let err = p.tls.client_config().expect_err("a bad sslrootcert");
+            assert!(matches!(err, PgError::Config(_)), "{err:?}");
+            assert!(err.to_string().contains(what), "{err}");
+        }
+        // Nothing is loaded when TLS is never tried.
+        let p = ConnParams::from_url(&format!(
+            "postgres://h/db?sslmode=disable&sslrootcert={}",
+            missing.display()
+        ))
+        .unwrap();
+        assert!(p.tls.client_config().unwrap().is_none());
     }
 
     #[test]

@@ -7,5 +7,7 @@ pub mod lsn;
 pub mod pgoutput;
 pub mod replication;
 pub mod slot;
+pub mod sql;
+pub mod tls;
 
 pub use conn::PgError;

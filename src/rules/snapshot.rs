@@ -31,7 +31,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::{pin_mut, TryStreamExt};
 use prost::encoding::{encode_varint, encoded_len_varint};
 use tokio::sync::{mpsc, Semaphore};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::pg::sql::SqlConfig;
 
 use crate::auth::users::quote_ident;
 use crate::protocol::frame::encode_frame;
@@ -62,6 +64,8 @@ pub fn permits() -> Arc<Semaphore> {
 pub enum SnapshotError {
     #[error("snapshot: {0}")]
     Db(#[from] tokio_postgres::Error),
+    #[error("snapshot: {0}")]
+    Connect(#[from] crate::pg::PgError),
     #[error("table {0:?} is not published")]
     NotPublished(String),
     #[error("snapshot: unexpected answer from Postgres: {0}")]
@@ -203,14 +207,9 @@ WHERE pt.pubname = $1 AND pt.schemaname = $2 AND pt.tablename = $3";
 
 impl SnapshotConn {
     /// Connects and pins the output settings.
-    pub async fn connect(mut cfg: tokio_postgres::Config) -> Result<SnapshotConn, SnapshotError> {
+    pub async fn connect(mut cfg: SqlConfig) -> Result<SnapshotConn, SnapshotError> {
         cfg.application_name("pgsat-snapshot");
-        let (client, conn) = cfg.connect(NoTls).await?;
-        let conn_task = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("snapshot connection closed: {e}");
-            }
-        });
+        let (client, conn_task) = cfg.connect("snapshot", false).await?;
         let c = SnapshotConn { client, conn_task };
         c.client.batch_execute(PINNED_SETTINGS).await?;
         Ok(c)

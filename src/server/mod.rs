@@ -35,6 +35,7 @@ use crate::log::{Log, LogIdentity, LogOptions};
 use crate::metrics::Metrics;
 use crate::pg::conn::{ConnParams, ReplicationConn};
 use crate::pg::slot;
+use crate::pg::sql::SqlConfig;
 use crate::replicator::{connect_sql, Replicator};
 use crate::rules::{FilterCache, Rules, RulesError};
 use published::Published;
@@ -167,7 +168,7 @@ pub async fn run_until(
     }
 
     let auth = Arc::new(
-        Authenticator::new(&config.auth, params.to_tokio_postgres())
+        Authenticator::new(&config.auth, SqlConfig::new(&params)?)
             .await
             .map_err(|e| match e {
                 // The database failed: a runtime error.

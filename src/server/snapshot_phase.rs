@@ -53,6 +53,7 @@ use tokio::sync::{mpsc, watch};
 use super::ServerCtx;
 use crate::log::Cursor;
 use crate::pg::conn::ConnParams;
+use crate::pg::sql::SqlConfig;
 use crate::protocol::pb::ErrorCode;
 use crate::rules::snapshot::{permits, SnapshotConn, SnapshotError, SnapshotItem, TxSnapshot};
 
@@ -167,9 +168,9 @@ async fn read(
     };
     let params = ConnParams::from_url(&ctx.config.database_url)
         .map_err(|e| (ErrorCode::Internal, format!("DATABASE_URL: {e}")))?;
-    let mut conn = SnapshotConn::connect(params.to_tokio_postgres())
-        .await
-        .map_err(internal)?;
+    let sql =
+        SqlConfig::new(&params).map_err(|e| (ErrorCode::Internal, format!("DATABASE_URL: {e}")))?;
+    let mut conn = SnapshotConn::connect(sql).await.map_err(internal)?;
     // The cursor first (point 1 above), then the snapshot.
     let from = ctx
         .log

@@ -1,0 +1,96 @@
+//! Ordinary SQL connections (tokio-postgres) to the server a [`ConnParams`]
+//! names, with its TLS settings (see [`super::tls`]): the users lookup, the
+//! catalog queries and the snapshots use these.
+
+use tokio::task::JoinHandle;
+use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::conn::{ConnParams, Host, PgError};
+
+/// How to open an ordinary connection: tokio-postgres' config and, when TLS
+/// may be used, the connector.
+#[derive(Clone)]
+pub struct SqlConfig {
+    config: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl std::fmt::Debug for SqlConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlConfig")
+            .field("config", &self.config)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Plain connections with this config (tests, tools).
+impl From<tokio_postgres::Config> for SqlConfig {
+    fn from(mut config: tokio_postgres::Config) -> SqlConfig {
+        config.ssl_mode(PgSslMode::Disable);
+        SqlConfig { config, tls: None }
+    }
+}
+
+impl SqlConfig {
+    /// Fails only when the TLS settings cannot be loaded (a bad
+    /// `sslrootcert`).
+    pub fn new(params: &ConnParams) -> Result<SqlConfig, PgError> {
+        let mut config = params.to_tokio_postgres();
+        // libpq uses no TLS on unix sockets whatever sslmode says.
+        let tls = match (&params.host, params.tls.client_config()?) {
+            (Host::Tcp(_), Some(c)) => Some(MakeRustlsConnect::new((*c).clone())),
+            _ => None,
+        };
+        config.ssl_mode(match (&tls, params.tls.mode.requires_tls()) {
+            (None, _) => PgSslMode::Disable,
+            (Some(_), false) => PgSslMode::Prefer,
+            (Some(_), true) => PgSslMode::Require,
+        });
+        Ok(SqlConfig { config, tls })
+    }
+
+    pub fn application_name(&mut self, name: &str) -> &mut Self {
+        self.config.application_name(name);
+        self
+    }
+
+    /// tokio-postgres' config (for messages and tests).
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// Connects; the connection runs in a spawned task (returned) that logs
+    /// at debug level (warn with `warn_on_error`) when it ends with an error.
+    pub async fn connect(
+        &self,
+        what: &'static str,
+        warn_on_error: bool,
+    ) -> Result<(Client, JoinHandle<()>), PgError> {
+        let log = move |e: tokio_postgres::Error| {
+            if warn_on_error {
+                tracing::warn!(error = %e, "{what} connection ended");
+            } else {
+                tracing::debug!(error = %e, "{what} connection ended");
+            }
+        };
+        Ok(match &self.tls {
+            None => {
+                let (client, conn) = self.config.connect(NoTls).await?;
+                (
+                    client,
+                    tokio::spawn(async move { conn.await.unwrap_or_else(log) }),
+                )
+            }
+            Some(tls) => {
+                let (client, conn) = self.config.connect(tls.clone()).await?;
+                (
+                    client,
+                    tokio::spawn(async move { conn.await.unwrap_or_else(log) }),
+                )
+            }
+        })
+    }
+}

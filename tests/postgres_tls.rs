@@ -1,0 +1,345 @@
+//! TLS to Postgres (`sslmode`, `sslrootcert` in DATABASE_URL) against a real
+//! server with `ssl = on` whose pg_hba.conf refuses every connection over
+//! TCP that is not TLS: what connects at all went over TLS.
+//!
+//! Certificates are made per test with rcgen: a CA, and a server certificate
+//! it signed for the name `localhost` only (so `127.0.0.1` is the wrong name).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pgsat::pg::conn::{ConnParams, ReplicationConn};
+use pgsat::pg::sql::SqlConfig;
+use pgsat::pg::PgError;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use support::pgsat::{insecure_token, Pgsat, RawClient, TxnReader};
+use support::PgServer;
+
+const T: Duration = Duration::from_secs(10);
+
+/// A CA: its certificate (PEM) and what signs with it.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("CA key");
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.as_ref().pem()
+    }
+
+    /// A server certificate for `names` and its key, both PEM.
+    fn server_cert(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = CertificateParams::new(names).expect("server params");
+        let key = KeyPair::generate().expect("server key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("server certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// Installs `cert`/`key` in the data dir, turns `ssl` on and lets TCP
+/// connections in only over TLS; reloads the configuration.
+fn enable_tls(pg: &PgServer, cert: &str, key: &str) {
+    let data = pg.data_dir();
+    // The server's files belong to the user it runs as (the data dir's owner).
+    let meta = std::fs::metadata(&data).expect("data dir");
+    let (uid, gid) = {
+        use std::os::unix::fs::MetadataExt;
+        (meta.uid(), meta.gid())
+    };
+    let write = |name: &str, text: &str| {
+        let path = data.join(name);
+        std::fs::write(&path, text).expect("write");
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    };
+    write("server.crt", cert);
+    write("server.key", key);
+    write(
+        "pg_hba.conf",
+        "local all all trust\n\
+         local replication all trust\n\
+         hostssl all all 127.0.0.1/32 scram-sha-256\n\
+         hostssl replication all 127.0.0.1/32 scram-sha-256\n\
+         hostnossl all all 127.0.0.1/32 reject\n\
+         hostnossl replication all 127.0.0.1/32 reject\n",
+    );
+    pg.execute("ALTER SYSTEM SET ssl = on");
+    pg.execute("SELECT pg_reload_conf()");
+    let deadline = std::time::Instant::now() + T;
+    while pg.execute("SHOW ssl").trim() != "on" {
+        assert!(std::time::Instant::now() < deadline, "ssl did not turn on");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A Postgres with TLS on, the CA that signed its certificate (for
+/// `localhost`), and the CA's file.
+struct TlsPg {
+    pg: PgServer,
+    _dir: tempfile::TempDir,
+    ca_file: PathBuf,
+    other_ca_file: PathBuf,
+}
+
+impl TlsPg {
+    fn start() -> TlsPg {
+        let pg = PgServer::start();
+        pg.execute("CREATE TABLE users (id text PRIMARY KEY); INSERT INTO users VALUES ('alice');");
+        pg.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text)");
+        let ca = Ca::new("pgsat test CA");
+        let (cert, key) = ca.server_cert(&["localhost"]);
+        enable_tls(&pg, &cert, &key);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).expect("ca.pem");
+        let other_ca_file = dir.path().join("other-ca.pem");
+        std::fs::write(&other_ca_file, Ca::new("someone else").pem()).expect("other-ca.pem");
+        TlsPg {
+            pg,
+            _dir: dir,
+            ca_file,
+            other_ca_file,
+        }
+    }
+
+    /// DATABASE_URL for `host` with these query parameters.
+    fn url(&self, host: &str, query: &str) -> String {
+        format!(
+            "postgres://postgres:{}@{host}:{}/postgres?{query}",
+            self.pg.password(),
+            self.pg.port()
+        )
+    }
+}
+
+/// Connects both ways pgsat does (replication, ordinary SQL).
+async fn connect_both(url: &str) -> (Result<(), PgError>, Result<(), PgError>) {
+    let params = ConnParams::from_url(url).expect("url");
+    let repl = ReplicationConn::connect(&params).await.map(drop);
+    let sql = async {
+        let (client, _task) = SqlConfig::new(&params)?.connect("test", false).await?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(PgError::from)?;
+        Ok(())
+    }
+    .await;
+    (repl, sql)
+}
+
+fn assert_tls_error(r: Result<(), PgError>, what: &str, expect: &str) {
+    match r {
+        Err(e @ PgError::Tls(_)) => {
+            assert!(!e.is_transient(), "{what}: a TLS failure is not transient");
+            assert!(e.to_string().contains(expect), "{what}: {e}");
+        }
+        other => panic!("{what}: expected a TLS error containing {expect:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sslmode_checks_what_it_promises() {
+    let s = tokio::task::spawn_blocking(TlsPg::start)
+        .await
+        .expect("start");
+    let ca = s.ca_file.display().to_string();
+    let other = s.other_ca_file.display().to_string();
+
+    // Accepted: encrypt-only modes, and the checks the certificate passes.
+    for (host, query) in [
+        ("127.0.0.1", "sslmode=prefer".to_string()),
+        ("127.0.0.1", "sslmode=require".to_string()),
+        ("localhost", format!("sslmode=verify-full&sslrootcert={ca}")),
+        // verify-ca does not compare the name.
+        ("127.0.0.1", format!("sslmode=verify-ca&sslrootcert={ca}")),
+        ("127.0.0.1", format!("sslmode=require&sslrootcert={ca}")),
+    ] {
+        let (repl, sql) = connect_both(&s.url(host, &query)).await;
+        repl.unwrap_or_else(|e| panic!("replication, {host}?{query}: {e}"));
+        sql.unwrap_or_else(|e| panic!("SQL, {host}?{query}: {e}"));
+    }
+
+    // Refused by pg_hba (no TLS): proves the accepted ones used it.
+    let (repl, sql) = connect_both(&s.url("127.0.0.1", "sslmode=disable")).await;
+    assert!(
+        repl.is_err() && sql.is_err(),
+        "plain connections must be refused"
+    );
+
+    // Refused by pgsat: the wrong CA, the wrong name.
+    for (host, query, expect) in [
+        (
+            "localhost",
+            format!("sslmode=verify-full&sslrootcert={other}"),
+            "UnknownIssuer",
+        ),
+        (
+            "localhost",
+            format!("sslmode=verify-ca&sslrootcert={other}"),
+            "UnknownIssuer",
+        ),
+        (
+            "localhost",
+            format!("sslmode=require&sslrootcert={other}"),
+            "UnknownIssuer",
+        ),
+        (
+            "127.0.0.1",
+            format!("sslmode=verify-full&sslrootcert={ca}"),
+            "not valid for name",
+        ),
+    ] {
+        let what = format!("{host}?{query}");
+        let (repl, sql) = connect_both(&s.url(host, &query)).await;
+        assert_tls_error(repl, &format!("replication, {what}"), expect);
+        assert_tls_error(sql, &format!("SQL, {what}"), expect);
+    }
+
+    // A server without TLS: `require` refuses it, `prefer` goes plain.
+    s.pg.execute("ALTER SYSTEM SET ssl = off");
+    std::fs::write(
+        s.pg.data_dir().join("pg_hba.conf"),
+        "local all all trust\nlocal replication all trust\n\
+         host all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .expect("pg_hba.conf");
+    s.pg.execute("SELECT pg_reload_conf()");
+    assert!(
+        support::wait_until(T, || async { s.pg.execute("SHOW ssl").trim() == "off" }).await,
+        "ssl did not turn off"
+    );
+    let (repl, sql) = connect_both(&s.url("127.0.0.1", "sslmode=require")).await;
+    assert_tls_error(repl, "replication, require, no TLS", "does not accept TLS");
+    assert!(
+        matches!(sql, Err(PgError::Tls(_)) | Err(PgError::Io(_))),
+        "SQL, require, no TLS: {sql:?}"
+    );
+    let (repl, sql) = connect_both(&s.url("127.0.0.1", "sslmode=prefer")).await;
+    repl.expect("prefer falls back to plain (replication)");
+    sql.expect("prefer falls back to plain (SQL)");
+}
+
+/// pgsat serving over a verified TLS connection: the slot stream, the users
+/// lookup and the catalog all connect over TLS (pg_stat_ssl), and a change
+/// reaches a client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgsat_streams_over_verified_tls() {
+    let s = tokio::task::spawn_blocking(TlsPg::start)
+        .await
+        .expect("start");
+    let url = s.url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={}", s.ca_file.display()),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Pgsat::start(&s.pg, dir.path(), &[("DATABASE_URL", &url)]);
+
+    let mut c = RawClient::connect(p.tcp).await;
+    c.auth(&insecure_token("alice", 3600)).await; // users lookup
+    c.start(0).await;
+    s.pg.execute("INSERT INTO notes (body) VALUES ('over tls')");
+    let mut r = TxnReader::default();
+    let txns = c.read_txns_within(&mut r, 1, T).await;
+    assert_eq!(txns.len(), 1, "one transaction over TLS");
+
+    let plain: i64 =
+        s.pg.execute(
+            "SELECT count(*) FROM pg_stat_activity a LEFT JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name LIKE 'pgsat%' AND NOT coalesce(s.ssl, false)",
+        )
+        .trim()
+        .parse()
+        .expect("count");
+    let tls: i64 =
+        s.pg.execute(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name LIKE 'pgsat%' AND s.ssl",
+        )
+        .trim()
+        .parse()
+        .expect("count");
+    let walsender_tls: i64 =
+        s.pg.execute(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.backend_type = 'walsender' AND s.ssl",
+        )
+        .trim()
+        .parse()
+        .expect("count");
+    assert_eq!(plain, 0, "a pgsat connection without TLS");
+    assert!(tls >= 2, "pgsat's connections over TLS: {tls}");
+    assert_eq!(walsender_tls, 1, "the slot's walsender over TLS");
+}
+
+/// A certificate pgsat must not trust stops the start with one clear line
+/// (and a bad sslrootcert is a bad DATABASE_URL: exit code 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_certificate_stops_the_start_clearly() {
+    let s = tokio::task::spawn_blocking(TlsPg::start)
+        .await
+        .expect("start");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data").display().to_string();
+    let run = |url: String| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgsat"))
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &url)
+            .env("AUTH_MODE", "insecure")
+            .env("DATA_DIR", &data)
+            .env("LISTEN_ADDR", support::pgsat::free_addr().to_string())
+            .env("WS_LISTEN_ADDR", support::pgsat::free_addr().to_string())
+            .env("HTTP_LISTEN_ADDR", support::pgsat::free_addr().to_string())
+            .output()
+            .expect("run pgsat");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, stderr) = run(s.url(
+        "localhost",
+        &format!(
+            "sslmode=verify-full&sslrootcert={}",
+            s.other_ca_file.display()
+        ),
+    ));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("TLS") && stderr.contains("UnknownIssuer"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(s.pg.password()),
+        "the password leaked: {stderr}"
+    );
+
+    let missing: &Path = &dir.path().join("nope.pem");
+    let (code, stderr) = run(s.url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={}", missing.display()),
+    ));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("DATABASE_URL") && stderr.contains("nope.pem"),
+        "{stderr}"
+    );
+}

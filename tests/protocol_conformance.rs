@@ -551,3 +551,70 @@ async fn slow_consumer_is_closed_while_others_keep_receiving() {
         "metric exported"
     );
 }
+
+/// PingResp.lsn is a position to resume from: for a session behind the head
+/// (a client that stopped reading while transactions kept coming) it is the
+/// last Commit.lsn sent before the PingResp, not the newest commit, so a
+/// client that stores it and reconnects loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_resp_lsn_is_the_sessions_position_when_behind() {
+    let (pg, _dir, p) = setup(&[("CLIENT_MAX_LAG_BYTES", "256MiB")]).await;
+    let db = pg.client().await;
+    let mut c = RawClient::connect_small_buffer(p.tcp).await;
+    c.auth(&insecure_token("alice", 3600)).await;
+    c.start(0).await;
+    // ~320 KB per transaction, 40 of them: far more than the socket buffers
+    // and the session's queue hold while the client does not read.
+    for _ in 0..40 {
+        db.batch_execute(
+            "INSERT INTO todos (owner, title) SELECT 'bob', repeat(md5(g::text), 100) FROM generate_series(1, 100) g",
+        )
+        .await
+        .expect("write");
+    }
+    let head: u64 = {
+        let r = db
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .expect("lsn");
+        r.get::<_, String>(0)
+            .parse::<pgsat::pg::lsn::Lsn>()
+            .expect("lsn")
+            .0
+    };
+    // The log has them all before the client says anything.
+    assert!(
+        support::wait_until(T, || async {
+            p.metric("pgsat_log_durable_lsn") >= head as f64
+        })
+        .await,
+        "pgsat did not log the writes"
+    );
+    c.send(7, &pb::PingReq {}).await;
+    let mut r = TxnReader::default();
+    let mut before: Vec<u64> = Vec::new();
+    let ping = loop {
+        let f = c.recv_timeout(T).await.expect("frame");
+        if f.ty == 8 {
+            break pb::PingResp::decode(f.body).expect("PingResp").lsn;
+        }
+        assert!(f.ty == 9 || f.ty == 10, "unexpected frame {} {:?}", f.ty, f.error());
+        before.extend(r.feed(&f).iter().map(|t| t.lsn));
+    };
+    let mut after: Vec<u64> = Vec::new();
+    while before.len() + after.len() < 40 {
+        let f = c.recv_timeout(T).await.expect("frame");
+        after.extend(r.feed(&f).iter().map(|t| t.lsn));
+    }
+    assert!(
+        !after.is_empty(),
+        "the client was not behind when it pinged ({} before)",
+        before.len()
+    );
+    assert_eq!(
+        Some(ping),
+        before.last().copied(),
+        "PingResp.lsn is the last Commit.lsn sent before it"
+    );
+    assert!(after.iter().all(|&l| l > ping));
+}

@@ -132,6 +132,22 @@ pub struct Member {
     pub mailbox: Arc<Mailbox>,
 }
 
+impl Member {
+    /// The member's resumable position, given `taken`, the last commit it
+    /// took from its mailbox (or its join position): past every transaction
+    /// the router has routed when nothing waits in the mailbox (the router
+    /// fills mailboxes under the lock under which it advances), else `taken`.
+    pub fn position(&self, taken: u64) -> u64 {
+        let routed = self.router.lock().lsn;
+        let b = self.mailbox.lock();
+        if b.items.is_empty() && b.evicted.is_none() {
+            routed.max(taken)
+        } else {
+            taken
+        }
+    }
+}
+
 impl Drop for Member {
     fn drop(&mut self) {
         if self.router.lock().leave(self.id) {

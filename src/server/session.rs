@@ -372,7 +372,7 @@ impl Session {
                 }
             }
             ClientMessage::PingReq => {
-                let lsn = self.ctx.log.end_lsn();
+                let lsn = self.position();
                 self.push(MsgType::PingResp, &pb::PingResp { lsn });
             }
             ClientMessage::PingResp(_) => {}
@@ -381,6 +381,24 @@ impl Session {
                     self.last_ack = ack.lsn;
                 }
             }
+        }
+    }
+
+    /// What PingResp says: while streaming, the session's own position —
+    /// the last commit queued to the client or passed over as unreadable,
+    /// so that resuming from it loses nothing (the newest commit the server
+    /// has, once the session has caught up); otherwise (not started, or in
+    /// a snapshot) the newest commit the server has.
+    fn position(&self) -> u64 {
+        let head = self.ctx.log.end_lsn();
+        match self.stream.as_ref() {
+            Some(stream) if self.snapshot.is_none() && self.catchup.is_none() => {
+                match &stream.source {
+                    Source::Cursor(c) => c.lsn().min(head),
+                    Source::Routed { member, lsn } => member.position(*lsn).min(head),
+                }
+            }
+            _ => head,
         }
     }
 

@@ -80,6 +80,11 @@ pub fn main() -> ExitCode {
         }
         Command::Token(args) => match token::mint(&args) {
             Ok(t) => {
+                if !args.insecure && args.key.is_none() {
+                    eprintln!(
+                        "pgsat: no --key given: an unsigned token (accepted only with AUTH_MODE=insecure)"
+                    );
+                }
                 println!("{t}");
                 ExitCode::SUCCESS
             }

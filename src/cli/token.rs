@@ -1,8 +1,10 @@
 //! `pgsat token`: mints a JWT for development and tests.
-//! Invariant: the token carries `user_id`, `iat` = now and `exp` = now + ttl,
-//! then every `--claim` (which may override those); it is signed with the
-//! given algorithm and key, or — with `--insecure` — is an unsigned
-//! `alg: none` JWT whose signature segment is empty.
+//! Invariant: the token carries `user_id`, `iat` = now and `exp` = now + ttl
+//! (rounded up to whole seconds), then every `--claim` (which may override
+//! those); it is signed with the given algorithm (HS256 when only `--key` is
+//! given) and key, or — with `--insecure`, or with neither `--alg` nor
+//! `--key` — is an unsigned `alg: none` JWT whose signature segment is empty
+//! (only `AUTH_MODE=insecure` accepts it).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,16 +20,19 @@ pub struct TokenArgs {
     /// The `user_id` claim.
     #[arg(long)]
     pub user_id: String,
-    /// Lifetime: `250ms`, `5s`, `10m`, `2h`, `7d`.
+    /// Lifetime: `5s`, `10m`, `2h`, `7d` (at least one second; `exp` is in
+    /// whole seconds, rounded up).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub ttl: Duration,
-    /// Signing algorithm (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA).
-    #[arg(long, value_parser = parse_jwt_alg, requires = "key", required_unless_present = "insecure")]
+    /// Signing algorithm (HS256/384/512, RS256/384/512, PS256/384/512,
+    /// ES256/384, EdDSA); default HS256 when `--key` is given.
+    #[arg(long, value_parser = parse_jwt_alg, requires = "key")]
     pub alg: Option<Algorithm>,
     /// HS*: the secret. Others: a PEM private key, as text or a file path.
-    #[arg(long, requires = "alg", allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true)]
     pub key: Option<String>,
-    /// Mint an unsigned `alg: none` token (for AUTH_MODE=insecure).
+    /// Mint an unsigned `alg: none` token (for AUTH_MODE=insecure); also
+    /// what is minted when neither `--alg` nor `--key` is given.
     #[arg(long, conflicts_with_all = ["alg", "key"])]
     pub insecure: bool,
     /// Extra claim `NAME=JSON` (e.g. `role="admin"`, `exp=0`); repeatable;
@@ -38,8 +43,8 @@ pub struct TokenArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("give --alg and --key, or --insecure")]
-    NoSigner,
+    #[error("--ttl must be at least 1s (exp is in whole seconds)")]
+    TtlTooShort,
     #[error("--key: cannot read the key file {path:?}: {source}")]
     KeyFile {
         path: String,
@@ -74,10 +79,9 @@ pub fn claims(args: &TokenArgs, now: Duration) -> Map<String, Value> {
     let mut c = Map::new();
     c.insert("user_id".into(), Value::String(args.user_id.clone()));
     c.insert("iat".into(), Value::from(now.as_secs()));
-    c.insert(
-        "exp".into(),
-        Value::from(now.as_secs().saturating_add(args.ttl.as_secs())),
-    );
+    // Whole seconds, rounded up: a lifetime never shrinks to nothing.
+    let ttl = args.ttl.as_secs() + u64::from(args.ttl.subsec_nanos() > 0);
+    c.insert("exp".into(), Value::from(now.as_secs().saturating_add(ttl)));
     for (name, value) in &args.claims {
         c.insert(name.clone(), value.clone());
     }
@@ -113,13 +117,15 @@ pub fn mint(args: &TokenArgs) -> Result<String, TokenError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|_| TokenError::Clock)?;
-    let claims = claims(args, now);
-    if args.insecure {
-        return Ok(mint::unsigned(&claims));
+    if args.ttl < Duration::from_secs(1) {
+        return Err(TokenError::TtlTooShort);
     }
-    let (Some(alg), Some(key)) = (args.alg, args.key.as_deref()) else {
-        return Err(TokenError::NoSigner);
+    let claims = claims(args, now);
+    let key = match args.key.as_deref() {
+        Some(key) if !args.insecure => key,
+        _ => return Ok(mint::unsigned(&claims)),
     };
+    let alg = args.alg.unwrap_or(Algorithm::HS256);
     let key = encoding_key(alg, key)?;
     mint::sign(&claims, alg, &key).map_err(|e| TokenError::Sign(e.to_string()))
 }
@@ -244,13 +250,43 @@ MCowBQYDK2VwAyEAwbxsZVulxLDGFtSTorwdrqPdTsOj5huu98frX14mQ78=
     }
 
     #[test]
+    fn signer_defaults() {
+        // Neither --alg nor --key: unsigned, as --insecure.
+        let t = mint(&args(&["--user-id", "u-2"]).unwrap()).unwrap();
+        let (header, rest) = t.split_once('.').unwrap();
+        let header: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+        assert_eq!(header["alg"], "none");
+        assert!(rest.ends_with('.'), "empty signature: {t}");
+        // --key alone: HS256.
+        let t = mint(&args(&["--user-id", "u-2", "--key", "sekrit"]).unwrap()).unwrap();
+        let c = decode(&t, Algorithm::HS256, &DecodingKey::from_secret(b"sekrit"));
+        assert_eq!(c["user_id"], "u-2");
+    }
+
+    #[test]
+    fn ttl_is_whole_seconds_rounded_up() {
+        let c = claims(
+            &args(&["--user-id", "u", "--ttl", "1500ms"]).unwrap(),
+            Duration::from_secs(100),
+        );
+        assert_eq!(c["exp"], 102);
+        let c = claims(
+            &args(&["--user-id", "u", "--ttl", "2s"]).unwrap(),
+            Duration::from_secs(100),
+        );
+        assert_eq!(c["exp"], 102);
+        let a = args(&["--user-id", "u", "--ttl", "250ms"]).unwrap();
+        assert!(matches!(mint(&a), Err(TokenError::TtlTooShort)));
+    }
+
+    #[test]
     fn bad_arguments() {
         // Bad JSON in --claim, or no '='.
         let e = args(&["--user-id", "u", "--insecure", "--claim", "role=admin"]).unwrap_err();
         assert!(e.to_string().contains("not JSON"), "{e}");
         assert!(args(&["--user-id", "u", "--insecure", "--claim", "role"]).is_err());
-        // Signer choice.
-        assert!(args(&["--user-id", "u"]).is_err());
+        // Signer choice: an algorithm needs a key; --insecure excludes both.
         assert!(args(&["--user-id", "u", "--alg", "HS256"]).is_err());
         assert!(args(&[
             "--user-id",

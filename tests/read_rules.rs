@@ -1442,3 +1442,102 @@ async fn routed_sessions_follow_schema_changes() {
         }
     }
 }
+
+/// A row moving into a view by UPDATE must arrive whole. Under REPLICA
+/// IDENTITY FULL pgsat fills an unchanged TOASTed column from the old row;
+/// without it the value is not in the stream, so the session is ended with
+/// RESYNC_REQUIRED and a new snapshot brings the row whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_moving_in_without_its_toasted_value_requires_a_resync() {
+    const TOAST_RULES: &str = r#"
+[[table]]
+name = "public.todos"
+read = "owner = auth.user_id"
+
+[[table]]
+name = "public.keyed"
+read = "owner = auth.user_id"
+"#;
+    let (pg, _dir, p, _) = setup(TOAST_RULES).await;
+    let db = pg.client().await;
+    // Out of line, uncompressed, for values over ~2 KB.
+    db.batch_execute(
+        "ALTER TABLE todos ALTER COLUMN title SET STORAGE EXTERNAL;
+         ALTER TABLE keyed ALTER COLUMN v SET STORAGE EXTERNAL;
+         INSERT INTO todos VALUES (1, 'bob', repeat('t', 5000));
+         INSERT INTO keyed VALUES ('bob', 1, repeat('v', 5000));",
+    )
+    .await
+    .expect("rows");
+    let mut alice = connect(&p, &token("alice", json!({}))).await;
+    alice.start(0).await;
+    let mut r = TxnReader::default();
+
+    // todos is REPLICA IDENTITY FULL: the moved-in row comes whole.
+    db.batch_execute("UPDATE todos SET owner = 'alice' WHERE id = 1")
+        .await
+        .expect("move todos");
+    let txns = alice.read_txns_within(&mut r, 1, T).await;
+    match txns.first().and_then(|t| t.ops.first()) {
+        Some(Op::Insert(i)) => {
+            let row = i.row.as_ref().expect("row");
+            assert_eq!(
+                cell(row, 2).map(|v| v.len()),
+                Some(5000),
+                "the TOASTed title"
+            );
+            assert!(row.unchanged.iter().all(|&b| b == 0), "no unchanged bit");
+        }
+        other => panic!("expected the moved-in Insert, got {other:?}"),
+    }
+
+    // keyed is REPLICA IDENTITY DEFAULT (owner is in the key): the new row
+    // has `v` unchanged and unsent → RESYNC_REQUIRED, nothing of it sent.
+    db.batch_execute("UPDATE keyed SET owner = 'alice' WHERE k = 1")
+        .await
+        .expect("move keyed");
+    loop {
+        let f = alice.recv_timeout(T).await.expect("RESYNC_REQUIRED");
+        if let Some(e) = f.error() {
+            assert_eq!(
+                e.code,
+                pb::ErrorCode::ResyncRequired as i32,
+                "{}",
+                e.message
+            );
+            break;
+        }
+        assert!(r.feed(&f).is_empty(), "no transaction before the error");
+    }
+    assert!(alice.closed_within(T).await);
+
+    // A snapshot reads the row whole.
+    let mut alice = connect(&p, &token("alice", json!({}))).await;
+    alice
+        .start_req(pb::StartReplicationReq {
+            snapshot: true,
+            ..Default::default()
+        })
+        .await
+        .expect("snapshot start");
+    let mut rels: BTreeMap<u32, String> = BTreeMap::new();
+    let mut v_len = None;
+    loop {
+        let f = alice.recv_timeout(T).await.expect("snapshot frame");
+        match f.ty {
+            9 => {
+                let rel = pb::Relation::decode(f.body).expect("Relation");
+                rels.insert(rel.relation_id, rel.table);
+            }
+            12 => {
+                let s = pb::SnapshotRows::decode(f.body).expect("SnapshotRows");
+                if rels.get(&s.relation_id).map(String::as_str) == Some("keyed") {
+                    v_len = s.rows.first().and_then(|row| cell(row, 2)).map(|v| v.len());
+                }
+            }
+            13 => break,
+            other => panic!("unexpected frame {other} {:?}", f.error()),
+        }
+    }
+    assert_eq!(v_len, Some(5000), "the snapshot has keyed's row whole");
+}

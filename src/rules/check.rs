@@ -21,7 +21,8 @@ SELECT a.attname::text,
                  WHERE i.indrelid = a.attrelid AND a.attnum = ANY (i.indkey)
                    AND ((c.relreplident = 'd' AND i.indisprimary)
                         OR (c.relreplident = 'i' AND i.indisreplident))
-                 LIMIT 1), false) AS in_identity
+                 LIMIT 1), false) AS in_identity,
+       a.attstorage::text IN ('x', 'e') AS toastable
 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped";
 
@@ -67,8 +68,13 @@ async fn check_table(
     }
     let cols = client.query(COLUMNS_SQL, &[&oid]).await?;
     let mut have: Vec<(String, bool)> = Vec::with_capacity(cols.len());
+    let mut toastable: Vec<String> = Vec::new();
     for r in &cols {
-        have.push((r.try_get(0)?, r.try_get(1)?));
+        let (name, in_identity): (String, bool) = (r.try_get(0)?, r.try_get(1)?);
+        if r.try_get::<_, bool>(2)? && !in_identity {
+            toastable.push(name.clone());
+        }
+        have.push((name, in_identity));
     }
     let used = t.read.columns();
     for c in &used {
@@ -85,6 +91,15 @@ async fn check_table(
         .filter(|c| !have.iter().any(|(n, k)| n == c && *k))
         .collect();
     if missing.is_empty() {
+        if !toastable.is_empty() {
+            tracing::warn!(
+                table = %t.qualified(),
+                columns = %toastable.join(", "),
+                "a row moving into a view by UPDATE does not carry these columns' unchanged \
+                 TOASTed values without REPLICA IDENTITY FULL; such a session is ended with \
+                 RESYNC_REQUIRED (run ALTER TABLE … REPLICA IDENTITY FULL to avoid it)"
+            );
+        }
         return Ok(Ok(()));
     }
     Ok(Err(format!(

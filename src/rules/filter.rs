@@ -157,6 +157,11 @@ pub struct Filtered {
     pub frame_count: usize,
     /// Relations of the ops sent (their definitions go out first).
     pub relation_ids: Vec<u32>,
+    /// A row moved into the view by an UPDATE whose new row lacks the value
+    /// of an unchanged TOASTed column (the table is not REPLICA IDENTITY
+    /// FULL): the client has no previous value to keep, so this view cannot
+    /// be served exactly from the stream — the session must resync.
+    pub incomplete: bool,
 }
 
 /// Filters `p` (the parsed `txn`) with `rels` (the session's filter of each
@@ -182,6 +187,7 @@ pub fn filter_ops(
     let mut out: Vec<OutOp> = Vec::with_capacity(only.len());
     let mut relation_ids: Vec<u32> = Vec::new();
     let mut unchanged = only.len() == p.ops.len();
+    let mut incomplete = false;
     let mut last: Option<(u32, Option<Arc<RelFilter>>)> = None;
     let mut rel_of = |id: u32| -> Option<Arc<RelFilter>> {
         match &last {
@@ -243,6 +249,7 @@ pub fn filter_ops(
                     (true, true) => out.push(OutOp::Stored(op.entry.clone())),
                     (false, true) => {
                         unchanged = false;
+                        incomplete |= new.cells.iter().any(|c| matches!(c, Cell::Unchanged));
                         out.push(OutOp::New(row_op(
                             INSERT_KEY,
                             op.relation_id,
@@ -275,6 +282,7 @@ pub fn filter_ops(
             frames: None,
             frame_count: 0,
             relation_ids,
+            incomplete,
         };
     }
     if unchanged {
@@ -283,6 +291,7 @@ pub fn filter_ops(
             frames: Some(txn.frames.clone()),
             frame_count,
             relation_ids,
+            incomplete,
         };
     }
     let (frames, frame_count) = assemble(p, &out);
@@ -290,6 +299,7 @@ pub fn filter_ops(
         frames: Some(frames),
         frame_count,
         relation_ids,
+        incomplete,
     }
 }
 
@@ -382,6 +392,7 @@ impl FilterCache {
                 frames: None,
                 frame_count: 0,
                 relation_ids: Vec::new(),
+                incomplete: false,
             });
         };
         let f = Arc::new(filter_routed(txn, &parsed, rels));

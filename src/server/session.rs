@@ -571,6 +571,10 @@ impl Session {
                     .ctx
                     .filter_cache
                     .get(txn, &f.key, &|id| f.rels.get(&id).cloned());
+                if filtered.incomplete {
+                    self.fail_incomplete();
+                    return;
+                }
                 match &filtered.frames {
                     // Nothing readable: nothing sent; the position still
                     // moves past it (the next Commit).
@@ -594,6 +598,10 @@ impl Session {
         };
         if commit_lsn <= *lsn {
             // Joined behind the router: already sent from the cursor.
+            return;
+        }
+        if filtered.incomplete {
+            self.fail_incomplete();
             return;
         }
         *lsn = commit_lsn;
@@ -881,6 +889,19 @@ impl Session {
             ErrorCode::BehindWindow,
             "the log no longer holds this session's position (retention); resynchronise from scratch".into(),
         )
+    }
+
+    /// A row moved into the view without all its values (see
+    /// `Filtered::incomplete`): the client must start over with a snapshot,
+    /// which reads the row whole.
+    fn fail_incomplete(&mut self) {
+        self.fail(
+            ErrorCode::ResyncRequired,
+            "a row moved into your view by an UPDATE that did not carry all its values \
+             (an unchanged TOASTed column of a table without REPLICA IDENTITY FULL): \
+             start over with a snapshot"
+                .into(),
+        );
     }
 
     /// Queues the error and marks the session closing.

@@ -652,3 +652,51 @@ fn readme_tables_match_the_code() {
         );
     }
 }
+
+/// While a SIGTERM drains the sessions, /healthz still answers 200 (the
+/// process runs) and /readyz answers 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_while_shutdown_drains() {
+    let pg = start_pg().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut p = Pgsat::start(&pg, dir.path(), &[("CLIENT_MAX_LAG_BYTES", "1GiB")]);
+    // A client that stops reading holds the drain up (its queue cannot flush).
+    let mut stuck = RawClient::connect_small_buffer(p.tcp).await;
+    stuck.auth(&insecure_token("alice", 3600)).await;
+    stuck.start(0).await;
+    let db = pg.client().await;
+    for _ in 0..20 {
+        db.batch_execute(
+            "INSERT INTO todos (owner, title) SELECT 'bob', repeat(md5(g::text), 100) FROM generate_series(1, 100) g",
+        )
+        .await
+        .expect("write");
+    }
+    unsafe {
+        libc::kill(p.pid() as i32, libc::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + T;
+    let mut draining = false;
+    while std::time::Instant::now() < deadline {
+        let ready = http_get(p.http, "/readyz").map(|(s, _)| s);
+        let health = http_get(p.http, "/healthz").map(|(s, _)| s);
+        if ready == Some(503) && health == Some(200) {
+            draining = true;
+            break;
+        }
+        assert!(
+            ready.is_some() && health.is_some(),
+            "the HTTP endpoint stopped answering before the process ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        draining,
+        "never saw /healthz 200 with /readyz 503 during the drain"
+    );
+    let status = tokio::task::spawn_blocking(move || p.terminate(T))
+        .await
+        .expect("exit");
+    assert!(status.success(), "{status}");
+    drop(stuck);
+}

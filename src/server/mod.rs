@@ -119,11 +119,16 @@ pub async fn run_until(
         .await
         .map_err(|e| anyhow::anyhow!("HTTP_LISTEN_ADDR {}: {e}", config.http_listen_addr))?;
     let http_addr = http_listener.local_addr()?;
+    // The HTTP endpoint stops last (/healthz answers while sessions drain;
+    // /readyz says 503 from the first moment of shutdown); the guard also
+    // stops it when start-up fails.
+    let http_stop = CancellationToken::new();
+    let http_guard = http_stop.clone().drop_guard();
     let http_task = tokio::spawn(crate::http::serve(
         http_listener,
         metrics.clone(),
         readiness.clone(),
-        shutdown.clone().cancelled_owned(),
+        http_stop.cancelled_owned(),
     ));
 
     let params = ConnParams::from_url(&config.database_url)
@@ -274,6 +279,7 @@ pub async fn run_until(
     };
     stats_task.abort();
     log.close();
+    drop(http_guard);
     let _ = http_task.await;
     match repl_result {
         Ok(Ok(())) => Ok(()),

@@ -411,6 +411,12 @@ impl Config {
                         "is required with AUTH_MODE=secure (set AUTH_JWT_ALG and AUTH_JWT_KEY, or AUTH_JWT_JWKS_URL; AUTH_MODE=insecure only for development)",
                     ))
                 }
+                (Some(_), Some(_), Some(_)) => {
+                    return Err(ConfigError::new(
+                        "AUTH_JWT_JWKS_URL",
+                        "cannot be used together with AUTH_JWT_KEY: set one of them",
+                    ))
+                }
                 _ => {}
             }
         }
@@ -720,6 +726,15 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.auth.alg, Some(jsonwebtoken::Algorithm::RS256));
+        // …but not with a static key as well (found here, before Postgres).
+        let e = load(&[
+            base[0],
+            ("AUTH_JWT_JWKS_URL", "https://idp/jwks"),
+            ("AUTH_JWT_ALG", "HS256"),
+            ("AUTH_JWT_KEY", "s"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "AUTH_JWT_JWKS_URL");
 
         // Insecure mode needs nothing.
         let c = load(&[base[0], ("AUTH_MODE", "insecure")]).unwrap();

@@ -700,3 +700,51 @@ async fn health_answers_while_shutdown_drains() {
     assert!(status.success(), "{status}");
     drop(stuck);
 }
+
+/// A users table the stream does not carry as USER_DELETED needs it (not
+/// published, or its key column outside the replica identity) is named in
+/// a start-up warning with the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_table_outside_the_stream_is_warned_about() {
+    let pg = start_pg().await;
+    pg.execute(
+        "CREATE PUBLICATION nousers FOR TABLE todos;
+         CREATE TABLE members (id serial PRIMARY KEY, name text UNIQUE);
+         INSERT INTO members (name) VALUES ('alice');",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    for sub in ["a", "b", "c"] {
+        std::fs::create_dir(dir.path().join(sub)).expect("data dir");
+    }
+    let p = Pgsat::start(
+        &pg,
+        &dir.path().join("a"),
+        &[("PUBLICATION", "nousers"), ("REPLICATION_SLOT", "a")],
+    );
+    let out = p.output();
+    assert!(
+        out.contains("public.users is not in publication \"nousers\"")
+            && out.contains("ALTER PUBLICATION nousers ADD TABLE public.users"),
+        "{out}"
+    );
+    drop(p);
+    let p = Pgsat::start(
+        &pg,
+        &dir.path().join("b"),
+        &[
+            ("AUTH_USERS_TABLE", "members"),
+            ("AUTH_USERS_ID_COLUMN", "name"),
+            ("REPLICATION_SLOT", "b"),
+        ],
+    );
+    let out = p.output();
+    assert!(
+        out.contains("\"name\" is not in the replica identity of public.members")
+            && out.contains("REPLICA IDENTITY FULL"),
+        "{out}"
+    );
+    // The defaults (users in FOR ALL TABLES, keyed by id): no warning.
+    drop(p);
+    let p = Pgsat::start(&pg, &dir.path().join("c"), &[("REPLICATION_SLOT", "c")]);
+    assert!(!p.output().contains("USER_DELETED"), "{}", p.output());
+}

@@ -598,7 +598,12 @@ async fn ping_resp_lsn_is_the_sessions_position_when_behind() {
         if f.ty == 8 {
             break pb::PingResp::decode(f.body).expect("PingResp").lsn;
         }
-        assert!(f.ty == 9 || f.ty == 10, "unexpected frame {} {:?}", f.ty, f.error());
+        assert!(
+            f.ty == 9 || f.ty == 10,
+            "unexpected frame {} {:?}",
+            f.ty,
+            f.error()
+        );
         before.extend(r.feed(&f).iter().map(|t| t.lsn));
     };
     let mut after: Vec<u64> = Vec::new();

@@ -133,7 +133,18 @@ impl From<tokio_postgres::Error> for PgError {
         if let Some(cause) = tls::tls_cause(&e) {
             return PgError::Tls(format!("TLS handshake with the server failed: {cause}"));
         }
-        PgError::Io(std::io::Error::other(e.to_string()))
+        // tokio-postgres' message names the step ("error connecting to
+        // server"); the cause (refused, timed out) is in its sources.
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(cause) = src {
+            let text = cause.to_string();
+            if !msg.contains(&text) {
+                msg = format!("{msg}: {text}");
+            }
+            src = cause.source();
+        }
+        PgError::Io(std::io::Error::other(msg))
     }
 }
 

@@ -15,6 +15,8 @@ use super::conn::{ConnParams, Host, PgError};
 pub struct SqlConfig {
     config: tokio_postgres::Config,
     tls: Option<MakeRustlsConnect>,
+    /// `host:port` or the socket path, for messages.
+    target: String,
 }
 
 impl std::fmt::Debug for SqlConfig {
@@ -30,7 +32,12 @@ impl std::fmt::Debug for SqlConfig {
 impl From<tokio_postgres::Config> for SqlConfig {
     fn from(mut config: tokio_postgres::Config) -> SqlConfig {
         config.ssl_mode(PgSslMode::Disable);
-        SqlConfig { config, tls: None }
+        let target = format!("{:?}:{:?}", config.get_hosts(), config.get_ports());
+        SqlConfig {
+            config,
+            tls: None,
+            target,
+        }
     }
 }
 
@@ -49,7 +56,11 @@ impl SqlConfig {
             (Some(_), false) => PgSslMode::Prefer,
             (Some(_), true) => PgSslMode::Require,
         });
-        Ok(SqlConfig { config, tls })
+        Ok(SqlConfig {
+            config,
+            tls,
+            target: params.target(),
+        })
     }
 
     pub fn application_name(&mut self, name: &str) -> &mut Self {
@@ -76,21 +87,34 @@ impl SqlConfig {
                 tracing::debug!(error = %e, "{what} connection ended");
             }
         };
+        let failed = |e| self.connect_error(e);
         Ok(match &self.tls {
             None => {
-                let (client, conn) = self.config.connect(NoTls).await?;
+                let (client, conn) = self.config.connect(NoTls).await.map_err(failed)?;
                 (
                     client,
                     tokio::spawn(async move { conn.await.unwrap_or_else(log) }),
                 )
             }
             Some(tls) => {
-                let (client, conn) = self.config.connect(tls.clone()).await?;
+                let (client, conn) = self.config.connect(tls.clone()).await.map_err(failed)?;
                 (
                     client,
                     tokio::spawn(async move { conn.await.unwrap_or_else(log) }),
                 )
             }
         })
+    }
+
+    /// A failed connect: the server's error, a TLS failure, or (transient)
+    /// "cannot connect to Postgres at <target>: <every cause>".
+    fn connect_error(&self, e: tokio_postgres::Error) -> PgError {
+        match PgError::from(e) {
+            PgError::Io(io) => PgError::Connect {
+                target: self.target.clone(),
+                source: io,
+            },
+            other => other,
+        }
     }
 }

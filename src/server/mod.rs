@@ -138,6 +138,30 @@ pub async fn run_until(
     slot::ensure_publication(&client, &config.publication).await?;
     let rules = load_rules(&config, &client).await?;
     metrics.read_rules_enabled.set(i64::from(rules.is_some()));
+    // Settings that can be wrong are checked before the slot exists (a slot
+    // left behind by a failed start would keep WAL).
+    let auth = Arc::new(
+        Authenticator::new(&config.auth, SqlConfig::new(&params)?)
+            .await
+            .map_err(|e| match e {
+                // The database failed: a runtime error.
+                crate::auth::AuthInitError::Database(_) => anyhow::Error::from(e),
+                // A configured value is wrong (table, column, key).
+                other => crate::config::BadSetting(other.to_string()).into(),
+            })?,
+    );
+    // Not fatal: a deployment may keep the users table out of the stream on
+    // purpose (it is then never sent to clients either).
+    if let Err(msg) = crate::auth::users::check_replicated(
+        &client,
+        &config.auth.users_table,
+        &config.auth.users_id_column,
+        &config.publication,
+    )
+    .await?
+    {
+        tracing::warn!("{msg}");
+    }
     let mut conn = ReplicationConn::connect(&params).await?;
     let ident = conn.identify_system().await?;
     let slot_info = slot::ensure_slot(&client, &config.replication_slot).await?;
@@ -172,16 +196,6 @@ pub async fn run_until(
         log.set_start(slot_info.confirmed_flush_lsn)?;
     }
 
-    let auth = Arc::new(
-        Authenticator::new(&config.auth, SqlConfig::new(&params)?)
-            .await
-            .map_err(|e| match e {
-                // The database failed: a runtime error.
-                crate::auth::AuthInitError::Database(_) => anyhow::Error::from(e),
-                // A configured value is wrong (table, column, key).
-                other => crate::config::BadSetting(other.to_string()).into(),
-            })?,
-    );
     let registry = Arc::new(Registry::default());
 
     let replicator = Replicator {

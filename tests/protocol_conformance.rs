@@ -623,3 +623,63 @@ async fn ping_resp_lsn_is_the_sessions_position_when_behind() {
     );
     assert!(after.iter().all(|&l| l > ping));
 }
+
+/// MAX_CONNECTIONS: a connection over the limit gets ErrorResp{INTERNAL}
+/// naming it and is closed, on TCP and WebSocket alike; a closed session
+/// frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_max_connections_are_refused() {
+    let (_pg, _dir, p) = setup(&[("MAX_CONNECTIONS", "2")]).await;
+    let mut a = RawClient::connect(p.tcp).await;
+    a.auth(&insecure_token("alice", 3600)).await;
+    let mut b = RawClient::connect(p.tcp).await;
+    b.auth(&insecure_token("bob", 3600)).await;
+
+    let mut over = RawClient::connect(p.tcp).await;
+    let e = expect_error(&mut over, pb::ErrorCode::Internal).await;
+    assert!(e.message.contains("MAX_CONNECTIONS = 2"), "{}", e.message);
+    assert!(over.closed_within(T).await);
+
+    let url = format!("ws://{}/ws", p.ws);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("the WebSocket handshake completes");
+    match ws.next().await {
+        Some(Ok(WsMessage::Binary(m))) => {
+            assert_eq!(m[0], 0, "ErrorResp");
+            let e = pb::ErrorResp::decode(m.slice(1..)).expect("ErrorResp");
+            assert_eq!(e.code, pb::ErrorCode::Internal as i32);
+            assert!(e.message.contains("MAX_CONNECTIONS = 2"), "{}", e.message);
+        }
+        other => panic!("expected a binary ErrorResp, got {other:?}"),
+    }
+    assert!(
+        !matches!(ws.next().await, Some(Ok(WsMessage::Binary(_)))),
+        "nothing after the error"
+    );
+
+    // A place is freed when a session ends.
+    drop(a);
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let mut c = RawClient::connect(p.tcp).await;
+        c.send(
+            1,
+            &pb::AuthReq {
+                id: "c".into(),
+                token: insecure_token("alice", 3600),
+            },
+        )
+        .await;
+        let f = c.recv_timeout(T).await.expect("answer");
+        if f.ty == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed session's place was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(b);
+}

@@ -49,7 +49,7 @@ pub async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             tracing::warn!(peer = %peer, max = ctx.config.max_connections, "connection refused: MAX_CONNECTIONS reached");
-            tasks.spawn(refuse(stream, ctx.config.max_connections));
+            tasks.spawn(refuse(ctx.clone(), stream, peer, kind));
             continue;
         };
         let ctx = ctx.clone();
@@ -70,20 +70,39 @@ pub async fn accept_loop(
     }
 }
 
-async fn refuse(mut stream: TcpStream, max: usize) {
+/// A connection over the limit gets `ErrorResp{INTERNAL}` naming the limit
+/// — a frame on TCP, a binary message after the handshake on WebSocket —
+/// and is closed; at most a second is spent on it.
+async fn refuse(ctx: Arc<ServerCtx>, stream: TcpStream, peer: SocketAddr, kind: Kind) {
     let frame = encode_frame(
         MsgType::ErrorResp,
         &pb::ErrorResp {
             code: pb::ErrorCode::Internal as i32,
-            message: format!("connection limit reached (MAX_CONNECTIONS = {max})"),
+            message: format!(
+                "connection limit reached (MAX_CONNECTIONS = {})",
+                ctx.config.max_connections
+            ),
             request_id: String::new(),
         },
     );
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(1),
-        tokio::io::AsyncWriteExt::write_all(&mut stream, &frame),
-    )
-    .await;
+    let send = async {
+        match kind {
+            Kind::Tcp => {
+                let mut stream = stream;
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &frame).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+            }
+            Kind::Ws => {
+                if let Some((_, mut w)) = ws_handshake(&ctx, stream, peer).await {
+                    let mut q = transport::OutQueue::default();
+                    q.push(frame);
+                    let _ = w.drain(&mut q).await;
+                    w.close().await;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send).await;
 }
 
 async fn ws_handshake(

@@ -30,6 +30,7 @@
 //! | `pgsat_sent_bytes_total` | counter | bytes written to client sockets |
 //! | `pgsat_sent_frames_total` | counter | frames written to client sockets |
 //! | `pgsat_session_lag_bytes` | histogram | per-session distance (bytes of WAL) between the newest transaction and what the session was sent, observed as it streams |
+//! | `pgsat_client_ack_lag_bytes` | histogram | at each AckReq, the distance (bytes of WAL) between the newest transaction and what the client says it durably applied |
 //! | `pgsat_slow_consumer_disconnects_total` | counter | sessions closed with SLOW_CONSUMER |
 //! | `pgsat_auth_insecure_mode` | gauge | 1 when AUTH_MODE=insecure (tokens not verified) |
 //! | `pgsat_read_rules_enabled` | gauge | 1 when RULES_FILE is loaded |
@@ -256,6 +257,7 @@ pub struct Metrics {
     pub sent_bytes: IntCounter,
     pub sent_frames: IntCounter,
     pub session_lag_bytes: Histogram,
+    pub client_ack_lag_bytes: Histogram,
     pub slow_consumer_disconnects: IntCounter,
 
     pub auth_insecure_mode: IntGauge,
@@ -377,6 +379,14 @@ impl Metrics {
             .buckets(prometheus::exponential_buckets(1024.0, 4.0, 11)?),
         )?;
         registry.register(Box::new(session_lag_bytes.clone()))?;
+        let client_ack_lag_bytes = Histogram::with_opts(
+            HistogramOpts::new(
+                "pgsat_client_ack_lag_bytes",
+                "At each AckReq, the distance in WAL bytes between the newest transaction and what the client durably applied.",
+            )
+            .buckets(prometheus::exponential_buckets(1024.0, 4.0, 11)?),
+        )?;
+        registry.register(Box::new(client_ack_lag_bytes.clone()))?;
 
         Ok(Metrics {
             build_info,
@@ -455,6 +465,7 @@ impl Metrics {
                 "Frames written to client sockets.",
             )?,
             session_lag_bytes,
+            client_ack_lag_bytes,
             slow_consumer_disconnects: counter(
                 "pgsat_slow_consumer_disconnects_total",
                 "Sessions closed with SLOW_CONSUMER.",

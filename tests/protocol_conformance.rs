@@ -263,8 +263,15 @@ async fn session_step2_replication_and_exact_resume() {
     assert_eq!(f.ty, 8);
     assert!(pb::PingResp::decode(f.body).expect("PingResp").lsn >= txns[1].lsn);
 
-    // AckReq is accepted silently.
+    // AckReq is accepted silently, and measured.
     c.send(11, &pb::AckReq { lsn: txns[1].lsn }).await;
+    assert!(
+        support::wait_until(T, || async {
+            p.metric("pgsat_client_ack_lag_bytes_count") >= 1.0
+        })
+        .await,
+        "AckReq not in pgsat_client_ack_lag_bytes"
+    );
     // Stop → StopReplicationResp.
     c.send(5, &pb::StopReplicationReq {}).await;
     assert_eq!(c.recv_timeout(T).await.expect("StopReplicationResp").ty, 6);

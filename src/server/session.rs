@@ -380,6 +380,8 @@ impl Session {
                 if ack.lsn > self.last_ack {
                     self.last_ack = ack.lsn;
                 }
+                let lag = self.ctx.log.end_lsn().saturating_sub(self.last_ack);
+                self.ctx.metrics.client_ack_lag_bytes.observe(lag as f64);
             }
         }
     }

@@ -399,7 +399,9 @@ impl Parser {
         }
         self.bump()?;
         let value = match &self.tok {
-            Tok::Str(s) => {
+            // After '=' a double-quoted token is a string too (the contract's
+            // "a quoted string"); only a column may be a quoted identifier.
+            Tok::Str(s) | Tok::Quoted(s) => {
                 let v = Value::Literal(s.clone());
                 self.bump()?;
                 v
@@ -462,6 +464,24 @@ mod tests {
             column: c.into(),
             value: Value::Claim(p.iter().map(|s| s.to_string()).collect()),
         }
+    }
+
+    #[test]
+    fn a_string_may_be_single_or_double_quoted() {
+        let want = Expr::Eq {
+            column: "kind".into(),
+            value: Value::Literal("public".into()),
+        };
+        assert_eq!(parse("kind = 'public'").unwrap(), want);
+        assert_eq!(parse(r#"kind = "public""#).unwrap(), want);
+        // A double-quoted column keeps its case.
+        assert_eq!(
+            parse(r#""Kind" = "it""s""#).unwrap(),
+            Expr::Eq {
+                column: "Kind".into(),
+                value: Value::Literal("it\"s".into()),
+            }
+        );
     }
 
     #[test]

@@ -67,8 +67,12 @@ async fn uuid_key_found_missing_invalid_and_deleted() {
     let p = a.authenticate(&tok(UUID1)).await.unwrap();
     assert_eq!(p.user_id, UUID1);
     assert!(p.expires_at.unwrap() > 0);
-    // Same uuid, other spelling: compared as a uuid, it is the same key.
-    assert_eq!(code(&a, &UUID1.to_uppercase()).await, None);
+    // Same uuid, other spelling: not the key's text, so not this user (the
+    // rules and deletion notices compare the key's text).
+    assert_eq!(
+        code(&a, &UUID1.to_uppercase()).await,
+        Some(ErrorCode::UserNotFound)
+    );
 
     assert_eq!(
         code(&a, "00000000-0000-0000-0000-000000000000").await,
@@ -128,6 +132,8 @@ async fn quoted_schema_qualified_text_and_integer_keys() {
     assert_eq!(code(&n, "42").await, None);
     assert_eq!(code(&n, "43").await, Some(ErrorCode::UserNotFound));
     assert_eq!(code(&n, "4x2").await, Some(ErrorCode::UserNotFound));
+    assert_eq!(code(&n, "042").await, Some(ErrorCode::UserNotFound));
+    assert_eq!(code(&n, "+42").await, Some(ErrorCode::UserNotFound));
     assert_eq!(
         code(&n, "99999999999999999999999").await,
         Some(ErrorCode::UserNotFound)

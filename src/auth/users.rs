@@ -113,17 +113,20 @@ impl UsersLookup {
         let typ: String = typ.get(0);
         let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&relname));
         // Text-like keys compare directly (index usable). Other key types
-        // compare in the column's type so their index is usable too; a
-        // user_id that is not a valid value of that type (data exception,
-        // SQLSTATE class 22) is simply "no such row".
-        let rhs = match typ.as_str() {
-            "text" | "character varying" | "character" | "name" | "citext" => "$1::text".to_owned(),
-            _ => format!("CAST($1::text AS {typ})"),
+        // compare in the column's type so their index is usable too, and
+        // then as text: the key must *equal* user_id (`042` is not user 42,
+        // an upper-case uuid is not its lower-case row), as the rules and
+        // the deletion notices (both by the key's text) see it. A user_id
+        // that is not a valid value of that type (data exception, SQLSTATE
+        // class 22) is simply "no such row".
+        let col_q = quote_ident(&col);
+        let cond = match typ.as_str() {
+            "text" | "character varying" | "character" | "name" | "citext" => {
+                format!("{col_q} = $1::text")
+            }
+            _ => format!("{col_q} = CAST($1::text AS {typ}) AND {col_q}::text = $1::text"),
         };
-        let sql = format!(
-            "SELECT 1 FROM {qualified} WHERE {} = {rhs} LIMIT 1",
-            quote_ident(&col)
-        );
+        let sql = format!("SELECT 1 FROM {qualified} WHERE {cond} LIMIT 1");
         let stmt = client.prepare(&sql).await.map_err(|e| {
             AuthInitError::Database(format!("preparing the users lookup failed: {e}"))
         })?;

@@ -6,3 +6,6 @@ CREATE TABLE IF NOT EXISTS users (
     team_id    text,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+-- The demo's read rules filter this table: with FULL, a row moving into a
+-- user's view by UPDATE always carries every column.
+ALTER TABLE users REPLICA IDENTITY FULL;

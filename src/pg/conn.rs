@@ -144,6 +144,11 @@ impl From<tokio_postgres::Error> for PgError {
             }
             src = cause.source();
         }
+        // tokio-postgres' TLS failures that carry no rustls error (the
+        // server refusing TLS under sslmode=require) say so in the message.
+        if msg.starts_with("error performing TLS handshake") {
+            return PgError::Tls(msg);
+        }
         PgError::Io(std::io::Error::other(msg))
     }
 }

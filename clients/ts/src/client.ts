@@ -4,7 +4,7 @@
 // (lsn, view_id) only moves when a whole transaction or a whole snapshot has
 // been applied, so any reconnect resumes exactly after what is visible.
 import { backoffDelay, type BackoffOptions } from "./backoff.js";
-import { decodeFrame, frame, FrameError, MessageType, toBytes, type Frame } from "./framing.js";
+import { decodeInFrame, frame, FrameError, MessageType, toBytes, type InFrame } from "./framing.js";
 import { ErrorCode } from "./gen/pgsat_pb.js";
 import { errorAction, errorCodeName } from "./policy.js";
 import { ProtocolError, qualify, Replica, rowKey, type Applied, type Change, type TableState } from "./replica.js";
@@ -383,7 +383,7 @@ export class PgsatClient {
         if (this.conn !== c) return;
         c.lastReceived = Date.now();
         try {
-          this.onFrame(c, decodeFrame(toBytes(ev.data)));
+          this.onFrame(c, decodeInFrame(toBytes(ev.data)));
         } catch (e) {
           // FrameError / ProtocolError: the server broke the contract; anything
           // else is a bug here. Either way the session's state is suspect:
@@ -502,7 +502,7 @@ export class PgsatClient {
 
   // ---- protocol -----------------------------------------------------------
 
-  private onFrame(c: Conn, f: Frame): void {
+  private onFrame(c: Conn, f: InFrame): void {
     switch (f.type) {
       case MessageType.ErrorResp:
         this.onErrorResp(c, f.msg.code, f.msg.message);

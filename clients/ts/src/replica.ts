@@ -4,7 +4,8 @@
 // of its ops at once, in order), at SnapshotEnd (the snapshot replaces the
 // tables whole), or by clear(); ops of an open transaction and rows of an
 // unfinished snapshot are held aside and dropped by resetSession().
-import type { Begin, Commit, OpLog, Relation, Row as WireRow, SnapshotEnd, SnapshotRows, TransOp } from "./gen/pgsat_pb.js";
+import type { OpLog, Relation, SnapshotEnd, SnapshotRows, TransOp } from "./gen/pgsat_pb.js";
+import type * as tsp from "./gen/pgsat_ts_proto.js";
 import {
   bitSet,
   bytesDecoderFor,
@@ -65,6 +66,30 @@ interface RelInfo {
   scratch: Slot[];
   /** Per-column converters from the value's bytes, chosen once per Relation. */
   decoders: BytesDecoder[];
+}
+
+// What the replica reads of the ops and rows: fields that the protobuf-es
+// messages (pb, the public types) and the generated ts-proto decoder's plain
+// objects (the client's hot path, framing.decodeInFrame) both have; a field
+// the latter leaves undefined (absent from the wire) is at its default.
+interface WireRow {
+  nulls?: Uint8Array | undefined;
+  values: Uint8Array[];
+  unchanged?: Uint8Array | undefined;
+}
+const EMPTY = new Uint8Array(0);
+/** One op, in the ts-proto decoder's oneof shape (a pb TransOp is converted by esOp). */
+type OpIn =
+  | { $case: "begin"; value: unknown }
+  | { $case: "commit"; value: { lsn?: bigint | undefined } }
+  | { $case: "insert"; value: { relationId?: number | undefined; row?: WireRow | undefined } }
+  | { $case: "update"; value: { relationId?: number | undefined; row?: WireRow | undefined; oldRow?: WireRow | undefined } }
+  | { $case: "delete"; value: { relationId?: number | undefined; oldRow?: WireRow | undefined } }
+  | { $case: "truncate"; value: { relationIds: number[] } };
+
+function esOp(o: TransOp["op"]): OpIn | undefined {
+  // Same cases and value fields; only the discriminant's name differs.
+  return o.case === undefined ? undefined : ({ $case: o.case, value: o.value } as OpIn);
 }
 
 const UNCHANGED = Symbol("unchanged");
@@ -132,7 +157,6 @@ export class Replica {
 
   private relations = new Map<number, RelInfo>();
   private txn: PendingOp[] | null = null;
-  private txnBegin: Begin | null = null;
   private staging: Map<string, TableState> | null = null;
   private snapshotRows = 0;
 
@@ -152,7 +176,6 @@ export class Replica {
   resetSession(): void {
     this.relations.clear();
     this.txn = null;
-    this.txnBegin = null;
     this.staging = null;
     this.snapshotRows = 0;
   }
@@ -218,9 +241,9 @@ export class Replica {
     return changes.size > 0 ? { lsn: this.lsn, changes, whole: false } : null;
   }
 
-  onSnapshotRows(msg: SnapshotRows): void {
+  onSnapshotRows(msg: SnapshotRows | tsp.SnapshotRows): void {
     if (this.staging === null) throw new ProtocolError("SnapshotRows without a snapshot in progress");
-    const rel = this.relation(msg.relationId);
+    const rel = this.relation(msg.relationId ?? 0);
     const table = this.table(this.staging, rel);
     for (const wire of msg.rows) {
       const row = this.decodeRow(rel, wire, false) as Row;
@@ -246,39 +269,40 @@ export class Replica {
     return { lsn: this.lsn, changes, whole: true };
   }
 
-  /** Applies an OpLog message; returns one Applied per transaction that committed in it. */
-  onOpLog(msg: OpLog): Applied[] {
+  /**
+   * Applies an OpLog message (a pb.OpLog, or the ts-proto decoder's, as the
+   * client decodes it); returns one Applied per transaction that committed in it.
+   */
+  onOpLog(msg: OpLog | tsp.OpLog): Applied[] {
     const out: Applied[] = [];
     for (const op of msg.ops) {
-      const a = this.onOp(op);
+      const o = op.op;
+      const a = this.onOp(o === undefined ? undefined : "$case" in o ? o : esOp(o));
       if (a !== null) out.push(a);
     }
     return out;
   }
 
-  private onOp(op: TransOp): Applied | null {
-    const o = op.op;
-    switch (o.case) {
+  private onOp(o: OpIn | undefined): Applied | null {
+    if (o === undefined) throw new ProtocolError("empty TransOp");
+    switch (o.$case) {
       case "begin":
         if (this.txn !== null) throw new ProtocolError("Begin inside an open transaction");
         this.txn = [];
-        this.txnBegin = o.value;
         return null;
       case "commit":
-        return this.commit(o.value);
-      case undefined:
-        throw new ProtocolError("empty TransOp");
+        return this.commit(o.value.lsn ?? 0n);
     }
     const txn = this.txn;
-    if (txn === null) throw new ProtocolError(`${o.case} outside a transaction`);
-    switch (o.case) {
+    if (txn === null) throw new ProtocolError(`${o.$case} outside a transaction`);
+    switch (o.$case) {
       case "insert": {
-        const rel = this.relation(o.value.relationId);
+        const rel = this.relation(o.value.relationId ?? 0);
         txn.push({ k: "ins", rel, row: this.decodeRow(rel, o.value.row, false) as Row });
         break;
       }
       case "update": {
-        const rel = this.relation(o.value.relationId);
+        const rel = this.relation(o.value.relationId ?? 0);
         const row = this.decodeRow(rel, o.value.row, true);
         let hasUnchanged = false;
         for (const k in row) {
@@ -292,7 +316,7 @@ export class Replica {
         break;
       }
       case "delete": {
-        const rel = this.relation(o.value.relationId);
+        const rel = this.relation(o.value.relationId ?? 0);
         if (o.value.oldRow === undefined) throw new ProtocolError("Delete without old_row");
         txn.push({ k: "del", rel, old: this.decodeRow(rel, o.value.oldRow, false) as Row });
         break;
@@ -304,11 +328,10 @@ export class Replica {
     return null;
   }
 
-  private commit(c: Commit): Applied {
+  private commit(lsn: bigint): Applied {
     const ops = this.txn;
     if (ops === null) throw new ProtocolError("Commit without Begin");
     this.txn = null;
-    this.txnBegin = null;
     const target = this.staging ?? this.tables;
     const changes = new Map<string, Change[]>();
     // Tables whose changes nobody reads (and all of them inside a snapshot, where
@@ -403,8 +426,8 @@ export class Replica {
     // Inside a snapshot nothing is visible or resumable yet: SnapshotEnd sets the
     // position and announces every table.
     if (this.staging !== null) return { lsn: this.lsn, changes: new Map(), whole: false };
-    this.lsn = c.lsn;
-    return { lsn: c.lsn, changes, whole: false };
+    this.lsn = lsn;
+    return { lsn, changes, whole: false };
   }
 
   /** Finds the replica row an old row (key columns, or all under REPLICA IDENTITY FULL) designates. */
@@ -478,8 +501,8 @@ export class Replica {
       throw new ProtocolError(`${rel.name}: row has ${values.length} values, relation has ${n} columns`);
     }
     const out = rel.scratch;
-    const nulls = wire.nulls;
-    const unchanged = wire.unchanged;
+    const nulls = wire.nulls ?? EMPTY;
+    const unchanged = wire.unchanged ?? EMPTY;
     const decoders = rel.decoders;
     if (nulls.length === 0 && unchanged.length === 0) {
       // No NULL and no unchanged column (the common row): no bitmap tests.

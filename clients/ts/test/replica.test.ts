@@ -7,6 +7,7 @@ import {
   SnapshotRowsSchema,
   type TransOp,
 } from "../src/gen/pgsat_pb.js";
+import { decodeFrame, decodeInFrame, frame, MessageType } from "../src/framing.js";
 import { ProtocolError, Replica } from "../src/replica.js";
 import { wireRow } from "./fake-server.js";
 
@@ -276,6 +277,49 @@ describe("replica", () => {
     expect(() => r3.onOpLog(oplog(begin(1n), insWithUnchanged))).toThrow(/unchanged bit/);
     const r4 = new Replica();
     expect(() => r4.onSnapshotRows(create(SnapshotRowsSchema, { relationId: 1 }))).toThrow(/without a snapshot/);
+  });
+});
+
+describe("replica fed by the client's fast decoder (framing.decodeInFrame)", () => {
+  it("applies OpLog and SnapshotRows exactly as from the pb messages, also with fields at their default (absent on the wire)", () => {
+    const zero = create(RelationSchema, { ...todos, relationId: 0 });
+    const frames = [
+      frame(MessageType.OpLog, oplog(begin(10n), ins(0, ["1", "a", null, "f"]), ins(0, ["2", "b", "y", "t"]), ins(0, ["0", "", "", "f"]), commit(10n))),
+      frame(MessageType.OpLog, oplog(begin(20n), upd(0, ["2", "B", "", "f"], { unchanged: [2] }), upd(0, ["3", "c", "z", "t"], { old: ["1", null, null, null] }))),
+      frame(MessageType.OpLog, oplog(del(0, ["0", null, null, null]), commit(20n))),
+      frame(MessageType.OpLog, oplog(begin(0n), trunc(0), commit(0n))),
+    ];
+    const snap = frame(MessageType.SnapshotRows, { relationId: 0, rows: [wireRow(["7", "s", null, "t"])] });
+    const run = (decode: typeof decodeFrame | typeof decodeInFrame) => {
+      const r = new Replica();
+      r.onRelation(zero);
+      const applied = [];
+      const states = [];
+      for (const f of frames) {
+        const d = decode(f);
+        if (d.type !== MessageType.OpLog) throw new Error("type");
+        applied.push(...r.onOpLog(d.msg));
+        states.push([...(r.tables.get("public.todos")?.rows ?? [])]);
+      }
+      r.beginSnapshot();
+      r.onRelation(zero);
+      const d = decode(snap);
+      if (d.type !== MessageType.SnapshotRows) throw new Error("type");
+      r.onSnapshotRows(d.msg);
+      r.onSnapshotEnd(create(SnapshotEndSchema, { lsn: 30n }));
+      states.push([...(r.tables.get("public.todos")?.rows ?? [])]);
+      return { applied, states, lsn: r.lsn };
+    };
+    const fast = run(decodeInFrame);
+    expect(fast).toEqual(run(decodeFrame));
+    expect(fast.states[1]).toEqual(fast.states[0]);
+    expect(fast.states[2]).toEqual([
+      ["2", { id: 2, title: "B", body: "y", done: false }],
+      ["3", { id: 3, title: "c", body: "z", done: true }],
+    ]);
+    expect(fast.states[3]).toEqual([]);
+    expect(fast.states[4]).toEqual([["7", { id: 7, title: "s", body: null, done: true }]]);
+    expect(fast.lsn).toBe(30n);
   });
 });
 

@@ -7,7 +7,7 @@ import { backoffDelay, type BackoffOptions } from "./backoff.js";
 import { decodeInFrame, frame, FrameError, MessageType, toBytes, type InFrame } from "./framing.js";
 import { ErrorCode } from "./gen/pgsat_pb.js";
 import { errorAction, errorCodeName } from "./policy.js";
-import { ProtocolError, qualify, Replica, rowKey, type Applied, type Change, type TableState } from "./replica.js";
+import { keyString, mapKey, ProtocolError, qualify, Replica, type Applied, type Change, type Table } from "./replica.js";
 import type { ReplicaStore, StoreBatch, StoreOp } from "./store.js";
 import type { ColumnInfo, Int8Mode, Row } from "./values.js";
 
@@ -147,7 +147,7 @@ export class PgsatClient {
   private readonly tableListeners = new Map<string, Set<(ev: ChangeEvent) => void>>();
   private readonly subscribers = new Set<() => void>();
   private snapshot: ClientSnapshot | null = null;
-  private tableCache = new Map<string, { state: TableState; version: number; snap: TableSnapshot }>();
+  private tableCache = new Map<string, { state: Table; version: number; snap: TableSnapshot }>();
   private onlineHandler: (() => void) | null = null;
 
   constructor(opts: PgsatClientOptions) {
@@ -266,7 +266,7 @@ export class PgsatClient {
   getSnapshot = (): ClientSnapshot => {
     if (this.snapshot !== null) return this.snapshot;
     const tables: Record<string, TableSnapshot> = {};
-    const cache = new Map<string, { state: TableState; version: number; snap: TableSnapshot }>();
+    const cache = new Map<string, { state: Table; version: number; snap: TableSnapshot }>();
     for (const t of this.replica.tables.values()) {
       const c = this.tableCache.get(t.name);
       const entry =
@@ -298,7 +298,7 @@ export class PgsatClient {
     if (t === undefined) return undefined;
     const probe: Row = {};
     t.keyColumns.forEach((c, i) => (probe[c] = key[i] ?? null));
-    return t.rows.get(rowKey(probe, t.keyColumns));
+    return t.keyed.get(mapKey(probe, t.keyColumns));
   }
 
   /** Resolves when the status becomes `status` (immediately if it is); rejects on "error" unless that is asked for. */
@@ -680,8 +680,8 @@ export class PgsatClient {
   private batchFor(a: Applied): StoreBatch {
     const schemas = [...this.replica.tables.values()].map((t) => ({ name: t.name, columns: t.columns }));
     const ops: StoreOp[] = [];
-    const putAll = (t: TableState): void => {
-      for (const [key, row] of t.rows) ops.push({ t: "put", table: t.name, key, row });
+    const putAll = (t: Table): void => {
+      for (const [key, row] of t.keyed) ops.push({ t: "put", table: t.name, key: keyString(key), row });
     };
     if (a.whole) {
       for (const t of this.replica.tables.values()) putAll(t);
@@ -818,13 +818,14 @@ export class PgsatClient {
   }
 }
 
-function tableSnapshot(t: TableState): TableSnapshot {
+function tableSnapshot(t: Table): TableSnapshot {
   return Object.freeze({
     name: t.name,
     columns: Object.freeze([...t.columns]),
     keyColumns: Object.freeze([...t.keyColumns]),
-    rows: Object.freeze([...t.rows.values()]),
-    byKey: new Map(t.rows),
+    rows: Object.freeze([...t.keyed.values()]),
+    // The Table's string-keyed Map, built once per change of the table and never mutated.
+    byKey: t.rows,
   });
 }
 

@@ -280,6 +280,63 @@ describe("replica", () => {
   });
 });
 
+describe("row keys", () => {
+  const big = create(RelationSchema, {
+    relationId: 4,
+    schema: "public",
+    table: "big",
+    columns: [
+      { name: "id", typeOid: 20, typeName: "int8", primaryKey: true },
+      { name: "v", typeOid: 25, typeName: "text" },
+    ],
+  });
+
+  it("are rowKey's strings in rows and changes, for integer keys in and beyond the safe range", () => {
+    const r = new Replica();
+    r.onRelation(big);
+    const huge = "9007199254740993"; // 2^53 + 1: no exact number
+    const a = txn(r, 10n, ins(4, [huge, "a"]), ins(4, ["-5", "b"]), ins(4, ["0", "c"]));
+    expect(a[0]?.changes.get("public.big")?.map((c) => (c.op === "insert" ? c.key : ""))).toEqual([huge, "-5", "0"]);
+    const t = r.tables.get("public.big");
+    const before = t?.rows;
+    expect([...(before?.keys() ?? [])]).toEqual([huge, "-5", "0"]);
+    expect(before?.get(huge)).toEqual({ id: 2n ** 53n + 1n, v: "a" });
+    expect(t?.rows).toBe(before); // same Map until the table changes
+    const b = txn(r, 20n, upd(4, ["7", "B"], { old: ["-5", null] }), del(4, [huge, null]), ins(4, ["0", "C"]));
+    expect(b[0]?.changes.get("public.big")).toEqual([
+      { op: "update", key: "7", row: { id: 7n, v: "B" }, oldKey: "-5", old: { id: -5n, v: "b" } },
+      { op: "delete", key: huge, old: { id: 2n ** 53n + 1n, v: "a" } },
+      { op: "update", key: "0", row: { id: 0n, v: "C" }, oldKey: "0", old: { id: 0n, v: "c" } },
+    ]);
+    expect([...(t?.rows.entries() ?? [])]).toEqual([
+      ["0", { id: 0n, v: "C" }],
+      ["7", { id: 7n, v: "B" }],
+    ]);
+    expect(before?.has("-5")).toBe(true); // the old Map is not updated
+  });
+
+  it("int8 as string and text keys that look like integers stay strings", () => {
+    const r = new Replica({ int8: "string" });
+    r.onRelation(big);
+    txn(r, 10n, ins(4, ["12", "a"]));
+    expect([...(r.tables.get("public.big")?.rows.keys() ?? [])]).toEqual(["12"]);
+    const a = txn(r, 20n, del(4, ["12", null]));
+    expect(a[0]?.changes.get("public.big")).toEqual([{ op: "delete", key: "12", old: { id: "12", v: "a" } }]);
+  });
+
+  it("load keys persisted rows by their key columns; assigning rows replaces them", () => {
+    const r = new Replica();
+    r.load([{ name: "public.big", columns: big.columns.map((c) => ({ ...c })), rows: [["3", { id: 3n, v: "x" }]] }], 5n, "");
+    r.onRelation(big);
+    const a = txn(r, 10n, del(4, ["3", null]));
+    expect(a[0]?.changes.get("public.big")).toEqual([{ op: "delete", key: "3", old: { id: 3n, v: "x" } }]);
+    const t = r.tables.get("public.big");
+    if (t === undefined) throw new Error("table");
+    t.rows = new Map([["whatever", { id: 4n, v: "y" }]]);
+    expect([...t.rows]).toEqual([["4", { id: 4n, v: "y" }]]);
+  });
+});
+
 describe("replica fed by the client's fast decoder (framing.decodeInFrame)", () => {
   it("applies OpLog and SnapshotRows exactly as from the pb messages, also with fields at their default (absent on the wire)", () => {
     const zero = create(RelationSchema, { ...todos, relationId: 0 });

@@ -7,7 +7,7 @@ import { backoffDelay, type BackoffOptions } from "./backoff.js";
 import { decodeInFrame, frame, FrameError, MessageType, toBytes, type InFrame } from "./framing.js";
 import { ErrorCode } from "./gen/pgsat_pb.js";
 import { errorAction, errorCodeName } from "./policy.js";
-import { keyString, mapKey, ProtocolError, qualify, Replica, type Applied, type Change, type Table } from "./replica.js";
+import { keyString, mapKey, ProtocolError, qualify, Replica, type Applied, type Change, type RowKey, type Table } from "./replica.js";
 import type { ReplicaStore, StoreBatch, StoreOp } from "./store.js";
 import type { ColumnInfo, Int8Mode, Row } from "./values.js";
 
@@ -84,7 +84,8 @@ export interface TableSnapshot {
   keyColumns: readonly string[];
   /** Rows in the order they were first inserted. */
   rows: readonly Row[];
-  byKey: ReadonlyMap<string, Row>;
+  /** Rows by key (Change.key), as of this snapshot; built when first read. */
+  readonly byKey: ReadonlyMap<string, Row>;
 }
 
 /** An immutable view of the client; the same object until something changes. */
@@ -819,13 +820,23 @@ export class PgsatClient {
 }
 
 function tableSnapshot(t: Table): TableSnapshot {
+  const rows = Object.freeze([...t.keyed.values()]);
+  // byKey is built on first read, from the keys as they are now (no string per
+  // row until then: most readers only want rows).
+  const keys = [...t.keyed.keys()];
+  let byKey: Map<string, Row> | null = null;
   return Object.freeze({
     name: t.name,
     columns: Object.freeze([...t.columns]),
     keyColumns: Object.freeze([...t.keyColumns]),
-    rows: Object.freeze([...t.keyed.values()]),
-    // The Table's string-keyed Map, built once per change of the table and never mutated.
-    byKey: t.rows,
+    rows,
+    get byKey(): ReadonlyMap<string, Row> {
+      if (byKey === null) {
+        byKey = new Map();
+        for (let i = 0; i < keys.length; i++) byKey.set(keyString(keys[i] as RowKey), rows[i] as Row);
+      }
+      return byKey;
+    },
   });
 }
 

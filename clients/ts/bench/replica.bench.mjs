@@ -2,9 +2,13 @@
 // 10,000 transactions of 100 inserted rows (~200-byte rows) from encoded
 // OpLog frames, as the client does. Run after `npm run build`:
 //   node bench/replica.bench.mjs
+// It decodes OpLog as the client does (decodeInFrame: the generated ts-proto
+// decoder); PB_ES=1 decodes with protobuf-es's fromBinary (decodeFrame) instead.
 // The end-to-end benchmark against a real pgsat is issue 11's, not this one.
 import { decodeFrame, frame, MessageType, Replica } from "../dist/index.js";
+import { decodeInFrame } from "../dist/framing.js";
 
+const PB_ES = process.env.PB_ES === "1";
 const TXNS = Number(process.env.TXNS ?? 10_000);
 const PER = 100;
 const enc = new TextEncoder();
@@ -41,7 +45,7 @@ let applied = 0;
 let decodeMs = 0;
 for (const f of frames) {
   const t = performance.now();
-  const d = decodeFrame(f);
+  const d = PB_ES ? decodeFrame(f) : decodeInFrame(f);
   decodeMs += performance.now() - t;
   applied += r.onOpLog(d.msg).length;
 }

@@ -4,10 +4,10 @@
 // (lsn, view_id) only moves when a whole transaction or a whole snapshot has
 // been applied, so any reconnect resumes exactly after what is visible.
 import { backoffDelay, type BackoffOptions } from "./backoff.js";
-import { decodeFrame, frame, FrameError, MessageType, toBytes, type Frame } from "./framing.js";
+import { decodeInFrame, frame, FrameError, MessageType, toBytes, type InFrame } from "./framing.js";
 import { ErrorCode } from "./gen/pgsat_pb.js";
 import { errorAction, errorCodeName } from "./policy.js";
-import { ProtocolError, qualify, Replica, rowKey, type Applied, type Change, type TableState } from "./replica.js";
+import { keyString, mapKey, ProtocolError, qualify, Replica, type Applied, type Change, type RowKey, type Table } from "./replica.js";
 import type { ReplicaStore, StoreBatch, StoreOp } from "./store.js";
 import type { ColumnInfo, Int8Mode, Row } from "./values.js";
 
@@ -84,7 +84,8 @@ export interface TableSnapshot {
   keyColumns: readonly string[];
   /** Rows in the order they were first inserted. */
   rows: readonly Row[];
-  byKey: ReadonlyMap<string, Row>;
+  /** Rows by key (Change.key), as of this snapshot; built when first read. */
+  readonly byKey: ReadonlyMap<string, Row>;
 }
 
 /** An immutable view of the client; the same object until something changes. */
@@ -147,7 +148,7 @@ export class PgsatClient {
   private readonly tableListeners = new Map<string, Set<(ev: ChangeEvent) => void>>();
   private readonly subscribers = new Set<() => void>();
   private snapshot: ClientSnapshot | null = null;
-  private tableCache = new Map<string, { state: TableState; version: number; snap: TableSnapshot }>();
+  private tableCache = new Map<string, { state: Table; version: number; snap: TableSnapshot }>();
   private onlineHandler: (() => void) | null = null;
 
   constructor(opts: PgsatClientOptions) {
@@ -266,7 +267,7 @@ export class PgsatClient {
   getSnapshot = (): ClientSnapshot => {
     if (this.snapshot !== null) return this.snapshot;
     const tables: Record<string, TableSnapshot> = {};
-    const cache = new Map<string, { state: TableState; version: number; snap: TableSnapshot }>();
+    const cache = new Map<string, { state: Table; version: number; snap: TableSnapshot }>();
     for (const t of this.replica.tables.values()) {
       const c = this.tableCache.get(t.name);
       const entry =
@@ -298,7 +299,7 @@ export class PgsatClient {
     if (t === undefined) return undefined;
     const probe: Row = {};
     t.keyColumns.forEach((c, i) => (probe[c] = key[i] ?? null));
-    return t.rows.get(rowKey(probe, t.keyColumns));
+    return t.keyed.get(mapKey(probe, t.keyColumns));
   }
 
   /** Resolves when the status becomes `status` (immediately if it is); rejects on "error" unless that is asked for. */
@@ -383,7 +384,7 @@ export class PgsatClient {
         if (this.conn !== c) return;
         c.lastReceived = Date.now();
         try {
-          this.onFrame(c, decodeFrame(toBytes(ev.data)));
+          this.onFrame(c, decodeInFrame(toBytes(ev.data)));
         } catch (e) {
           // FrameError / ProtocolError: the server broke the contract; anything
           // else is a bug here. Either way the session's state is suspect:
@@ -502,7 +503,7 @@ export class PgsatClient {
 
   // ---- protocol -----------------------------------------------------------
 
-  private onFrame(c: Conn, f: Frame): void {
+  private onFrame(c: Conn, f: InFrame): void {
     switch (f.type) {
       case MessageType.ErrorResp:
         this.onErrorResp(c, f.msg.code, f.msg.message);
@@ -680,8 +681,8 @@ export class PgsatClient {
   private batchFor(a: Applied): StoreBatch {
     const schemas = [...this.replica.tables.values()].map((t) => ({ name: t.name, columns: t.columns }));
     const ops: StoreOp[] = [];
-    const putAll = (t: TableState): void => {
-      for (const [key, row] of t.rows) ops.push({ t: "put", table: t.name, key, row });
+    const putAll = (t: Table): void => {
+      for (const [key, row] of t.keyed) ops.push({ t: "put", table: t.name, key: keyString(key), row });
     };
     if (a.whole) {
       for (const t of this.replica.tables.values()) putAll(t);
@@ -818,13 +819,24 @@ export class PgsatClient {
   }
 }
 
-function tableSnapshot(t: TableState): TableSnapshot {
+function tableSnapshot(t: Table): TableSnapshot {
+  const rows = Object.freeze([...t.keyed.values()]);
+  // byKey is built on first read, from the keys as they are now (no string per
+  // row until then: most readers only want rows).
+  const keys = [...t.keyed.keys()];
+  let byKey: Map<string, Row> | null = null;
   return Object.freeze({
     name: t.name,
     columns: Object.freeze([...t.columns]),
     keyColumns: Object.freeze([...t.keyColumns]),
-    rows: Object.freeze([...t.rows.values()]),
-    byKey: new Map(t.rows),
+    rows,
+    get byKey(): ReadonlyMap<string, Row> {
+      if (byKey === null) {
+        byKey = new Map();
+        for (let i = 0; i < keys.length; i++) byKey.set(keyString(keys[i] as RowKey), rows[i] as Row);
+      }
+      return byKey;
+    },
   });
 }
 

@@ -4,7 +4,8 @@
 // of its ops at once, in order), at SnapshotEnd (the snapshot replaces the
 // tables whole), or by clear(); ops of an open transaction and rows of an
 // unfinished snapshot are held aside and dropped by resetSession().
-import type { Begin, Commit, OpLog, Relation, Row as WireRow, SnapshotEnd, SnapshotRows, TransOp } from "./gen/pgsat_pb.js";
+import type { OpLog, Relation, SnapshotEnd, SnapshotRows, TransOp } from "./gen/pgsat_pb.js";
+import type * as tsp from "./gen/pgsat_ts_proto.js";
 import {
   bitSet,
   bytesDecoderFor,
@@ -48,9 +49,86 @@ export interface TableState {
   columns: ColumnInfo[];
   /** Names of the key columns: the primary key, or every column when there is none. */
   keyColumns: string[];
+  /**
+   * Rows by key (rowKey, Change.key), in first-insertion order. A Table builds
+   * this Map from its rows when it is read (once per change of the table): read
+   * it again after a change rather than keep it, and do not modify it (assign
+   * `rows` to replace the rows).
+   */
   rows: Map<string, Row>;
   /** Bumped on every change; lets views cache per table. */
   version: number;
+}
+
+/**
+ * A row's key inside the replica (Table.keyed): a single key column whose value
+ * is a safe integer (number, or bigint in range) is keyed by that number, which
+ * a Map stores without a string per row (most of the cost of a big table);
+ * anything else by rowKey's string. keyString gives rowKey's string for both.
+ * The two never collide: a column's values are numbers or never integer text
+ * (values.ts: the JS type depends on the column's type; text that parses as an
+ * integer always becomes one).
+ */
+export type RowKey = string | number;
+
+export function mapKey(row: Row, keyColumns: string[]): RowKey {
+  if (keyColumns.length === 1) {
+    const v = row[keyColumns[0] as string] ?? null;
+    if (typeof v === "number") {
+      if (Number.isSafeInteger(v)) return v;
+    } else if (typeof v === "bigint") {
+      // Exact: a bigint beyond the safe range converts to a number beyond it too.
+      const n = Number(v);
+      if (Number.isSafeInteger(n)) return n;
+    }
+    return keyText(v);
+  }
+  return JSON.stringify(keyColumns.map((c) => keyText(row[c] ?? null)));
+}
+
+/** rowKey's string for a RowKey: String(n) is keyText's text of the integer n (and of the bigint it came from). */
+export function keyString(k: RowKey): string {
+  return typeof k === "number" ? String(k) : k;
+}
+
+/** The replica's TableState: rows kept by RowKey (`keyed`), with the string-keyed `rows` built on demand. */
+export class Table implements TableState {
+  version = 0;
+  /** Rows by RowKey, in first-insertion order: what the replica reads and writes. */
+  keyed: Map<RowKey, Row>;
+  /** The `rows` Map last built, until the next change (see changed()). */
+  private view: Map<string, Row> | null = null;
+
+  constructor(
+    readonly name: string,
+    public columns: ColumnInfo[],
+    public keyColumns: string[],
+    keyed: Map<RowKey, Row> = new Map(),
+  ) {
+    this.keyed = keyed;
+  }
+
+  get rows(): Map<string, Row> {
+    if (this.view === null) {
+      const m = new Map<string, Row>();
+      for (const [k, r] of this.keyed) m.set(keyString(k), r);
+      this.view = m;
+    }
+    return this.view;
+  }
+
+  /** Replaces the rows (keyed again by their key columns). */
+  set rows(m: Map<string, Row>) {
+    const keyed = new Map<RowKey, Row>();
+    for (const r of m.values()) keyed.set(mapKey(r, this.keyColumns), r);
+    this.keyed = keyed;
+    this.view = null;
+  }
+
+  /** Forgets the built `rows` after `keyed` changed. */
+  changed(): void {
+    this.view = null;
+  }
 }
 
 interface RelInfo {
@@ -65,6 +143,30 @@ interface RelInfo {
   scratch: Slot[];
   /** Per-column converters from the value's bytes, chosen once per Relation. */
   decoders: BytesDecoder[];
+}
+
+// What the replica reads of the ops and rows: fields that the protobuf-es
+// messages (pb, the public types) and the generated ts-proto decoder's plain
+// objects (the client's hot path, framing.decodeInFrame) both have; a field
+// the latter leaves undefined (absent from the wire) is at its default.
+interface WireRow {
+  nulls?: Uint8Array | undefined;
+  values: Uint8Array[];
+  unchanged?: Uint8Array | undefined;
+}
+const EMPTY = new Uint8Array(0);
+/** One op, in the ts-proto decoder's oneof shape (a pb TransOp is converted by esOp). */
+type OpIn =
+  | { $case: "begin"; value: unknown }
+  | { $case: "commit"; value: { lsn?: bigint | undefined } }
+  | { $case: "insert"; value: { relationId?: number | undefined; row?: WireRow | undefined } }
+  | { $case: "update"; value: { relationId?: number | undefined; row?: WireRow | undefined; oldRow?: WireRow | undefined } }
+  | { $case: "delete"; value: { relationId?: number | undefined; oldRow?: WireRow | undefined } }
+  | { $case: "truncate"; value: { relationIds: number[] } };
+
+function esOp(o: TransOp["op"]): OpIn | undefined {
+  // Same cases and value fields; only the discriminant's name differs.
+  return o.case === undefined ? undefined : ({ $case: o.case, value: o.value } as OpIn);
 }
 
 const UNCHANGED = Symbol("unchanged");
@@ -118,7 +220,7 @@ export function rowKey(row: Row, keyColumns: string[]): string {
 
 export class Replica {
   /** Visible tables by `schema.table`. */
-  tables = new Map<string, TableState>();
+  tables = new Map<string, Table>();
   /** Last applied position: Commit.lsn of the last applied transaction, or SnapshotEnd.lsn. 0 = none. */
   lsn = 0n;
   /** The view the replica holds (StartReplicationResp / SnapshotEnd). */
@@ -132,8 +234,7 @@ export class Replica {
 
   private relations = new Map<number, RelInfo>();
   private txn: PendingOp[] | null = null;
-  private txnBegin: Begin | null = null;
-  private staging: Map<string, TableState> | null = null;
+  private staging: Map<string, Table> | null = null;
   private snapshotRows = 0;
 
   constructor(private readonly valueOptions: ValueOptions = {}) {}
@@ -152,7 +253,6 @@ export class Replica {
   resetSession(): void {
     this.relations.clear();
     this.txn = null;
-    this.txnBegin = null;
     this.staging = null;
     this.snapshotRows = 0;
   }
@@ -174,13 +274,10 @@ export class Replica {
   load(tables: Iterable<{ name: string; columns: ColumnInfo[]; rows: Iterable<[string, Row]> }>, lsn: bigint, viewId: string): void {
     this.tables = new Map();
     for (const t of tables) {
-      this.tables.set(t.name, {
-        name: t.name,
-        columns: t.columns,
-        keyColumns: keyColumnsOf(t.columns),
-        rows: new Map(t.rows),
-        version: 0,
-      });
+      const keyColumns = keyColumnsOf(t.columns);
+      const keyed = new Map<RowKey, Row>();
+      for (const [, row] of t.rows) keyed.set(mapKey(row, keyColumns), row);
+      this.tables.set(t.name, new Table(t.name, t.columns, keyColumns, keyed));
     }
     this.lsn = lsn;
     this.viewId = viewId;
@@ -218,14 +315,15 @@ export class Replica {
     return changes.size > 0 ? { lsn: this.lsn, changes, whole: false } : null;
   }
 
-  onSnapshotRows(msg: SnapshotRows): void {
+  onSnapshotRows(msg: SnapshotRows | tsp.SnapshotRows): void {
     if (this.staging === null) throw new ProtocolError("SnapshotRows without a snapshot in progress");
-    const rel = this.relation(msg.relationId);
+    const rel = this.relation(msg.relationId ?? 0);
     const table = this.table(this.staging, rel);
     for (const wire of msg.rows) {
       const row = this.decodeRow(rel, wire, false) as Row;
-      table.rows.set(rowKey(row, table.keyColumns), row);
+      table.keyed.set(mapKey(row, table.keyColumns), row);
     }
+    table.changed();
     this.snapshotRows += msg.rows.length;
   }
 
@@ -246,39 +344,40 @@ export class Replica {
     return { lsn: this.lsn, changes, whole: true };
   }
 
-  /** Applies an OpLog message; returns one Applied per transaction that committed in it. */
-  onOpLog(msg: OpLog): Applied[] {
+  /**
+   * Applies an OpLog message (a pb.OpLog, or the ts-proto decoder's, as the
+   * client decodes it); returns one Applied per transaction that committed in it.
+   */
+  onOpLog(msg: OpLog | tsp.OpLog): Applied[] {
     const out: Applied[] = [];
     for (const op of msg.ops) {
-      const a = this.onOp(op);
+      const o = op.op;
+      const a = this.onOp(o === undefined ? undefined : "$case" in o ? o : esOp(o));
       if (a !== null) out.push(a);
     }
     return out;
   }
 
-  private onOp(op: TransOp): Applied | null {
-    const o = op.op;
-    switch (o.case) {
+  private onOp(o: OpIn | undefined): Applied | null {
+    if (o === undefined) throw new ProtocolError("empty TransOp");
+    switch (o.$case) {
       case "begin":
         if (this.txn !== null) throw new ProtocolError("Begin inside an open transaction");
         this.txn = [];
-        this.txnBegin = o.value;
         return null;
       case "commit":
-        return this.commit(o.value);
-      case undefined:
-        throw new ProtocolError("empty TransOp");
+        return this.commit(o.value.lsn ?? 0n);
     }
     const txn = this.txn;
-    if (txn === null) throw new ProtocolError(`${o.case} outside a transaction`);
-    switch (o.case) {
+    if (txn === null) throw new ProtocolError(`${o.$case} outside a transaction`);
+    switch (o.$case) {
       case "insert": {
-        const rel = this.relation(o.value.relationId);
+        const rel = this.relation(o.value.relationId ?? 0);
         txn.push({ k: "ins", rel, row: this.decodeRow(rel, o.value.row, false) as Row });
         break;
       }
       case "update": {
-        const rel = this.relation(o.value.relationId);
+        const rel = this.relation(o.value.relationId ?? 0);
         const row = this.decodeRow(rel, o.value.row, true);
         let hasUnchanged = false;
         for (const k in row) {
@@ -292,7 +391,7 @@ export class Replica {
         break;
       }
       case "delete": {
-        const rel = this.relation(o.value.relationId);
+        const rel = this.relation(o.value.relationId ?? 0);
         if (o.value.oldRow === undefined) throw new ProtocolError("Delete without old_row");
         txn.push({ k: "del", rel, old: this.decodeRow(rel, o.value.oldRow, false) as Row });
         break;
@@ -304,11 +403,10 @@ export class Replica {
     return null;
   }
 
-  private commit(c: Commit): Applied {
+  private commit(lsn: bigint): Applied {
     const ops = this.txn;
     if (ops === null) throw new ProtocolError("Commit without Begin");
     this.txn = null;
-    this.txnBegin = null;
     const target = this.staging ?? this.tables;
     const changes = new Map<string, Change[]>();
     // Tables whose changes nobody reads (and all of them inside a snapshot, where
@@ -316,7 +414,7 @@ export class Replica {
     const want = this.staging !== null ? () => false : this.wantChanges;
     let quiet: Set<string> | null = null;
     /** The change list of `t` (registering `t` as changed), or null when its changes are not collected. */
-    const out = (t: TableState): Change[] | null => {
+    const out = (t: Table): Change[] | null => {
       let l = changes.get(t.name);
       if (l === undefined) {
         l = [];
@@ -327,7 +425,7 @@ export class Replica {
     };
     // Consecutive inserts into one table (the common bulk case) reuse its lookups.
     let insRel: RelInfo | null = null;
-    let insTable: TableState | null = null;
+    let insTable: Table | null = null;
     let insOut: Change[] | null = null;
     for (const op of ops) {
       if (op.k !== "ins") insRel = null;
@@ -342,23 +440,26 @@ export class Replica {
             insOut = out(insTable);
           }
           const t = insTable;
-          const key = rowKey(op.row, t.keyColumns);
-          const rows = t.rows;
-          const prev = rows.get(key);
-          rows.set(key, op.row);
-          if (insOut !== null) {
+          const k = mapKey(op.row, t.keyColumns);
+          const rows = t.keyed;
+          if (insOut === null) {
+            rows.set(k, op.row);
+          } else {
+            const prev = rows.get(k);
+            rows.set(k, op.row);
+            const key = keyString(k);
             insOut.push(prev === undefined ? { op: "insert", key, row: op.row } : { op: "update", key, row: op.row, oldKey: key, old: prev });
           }
           break;
         }
         case "upd": {
           const t = this.table(target, op.rel);
-          let prevKey: string | undefined;
+          let prevKey: RowKey | undefined;
           let prev: Row | undefined;
           if (op.old !== null) [prevKey, prev] = this.find(t, op.old);
           if (prev === undefined) {
-            const k = rowKey(op.row as Row, t.keyColumns);
-            const p = t.rows.get(k);
+            const k = mapKey(op.row as Row, t.keyColumns);
+            const p = t.keyed.get(k);
             if (p !== undefined) [prevKey, prev] = [k, p];
           }
           const row = op.row as Row;
@@ -367,22 +468,23 @@ export class Replica {
               if (op.row[name] === UNCHANGED) row[name] = prev === undefined ? null : (prev[name] ?? null);
             }
           }
-          const key = rowKey(row, t.keyColumns);
-          if (prevKey !== undefined && prevKey !== key) t.rows.delete(prevKey);
-          t.rows.set(key, row);
+          const k = mapKey(row, t.keyColumns);
+          if (prevKey !== undefined && prevKey !== k) t.keyed.delete(prevKey);
+          t.keyed.set(k, row);
+          const key = keyString(k);
           out(t)?.push(
             prev === undefined || prevKey === undefined
               ? { op: "insert", key, row }
-              : { op: "update", key, row, oldKey: prevKey, old: prev },
+              : { op: "update", key, row, oldKey: keyString(prevKey), old: prev },
           );
           break;
         }
         case "del": {
           const t = this.table(target, op.rel);
-          const [key, prev] = this.find(t, op.old);
-          if (key !== undefined && prev !== undefined) {
-            t.rows.delete(key);
-            out(t)?.push({ op: "delete", key, old: prev });
+          const [k, prev] = this.find(t, op.old);
+          if (k !== undefined && prev !== undefined) {
+            t.keyed.delete(k);
+            out(t)?.push({ op: "delete", key: keyString(k), old: prev });
           }
           break;
         }
@@ -390,7 +492,7 @@ export class Replica {
           for (const name of op.tables) {
             const t = target.get(name);
             if (t === undefined) continue;
-            t.rows.clear();
+            t.keyed.clear();
             out(t)?.push({ op: "truncate" });
           }
           break;
@@ -398,24 +500,27 @@ export class Replica {
     }
     for (const name of changes.keys()) {
       const t = target.get(name);
-      if (t !== undefined) t.version++;
+      if (t !== undefined) {
+        t.version++;
+        t.changed();
+      }
     }
     // Inside a snapshot nothing is visible or resumable yet: SnapshotEnd sets the
     // position and announces every table.
     if (this.staging !== null) return { lsn: this.lsn, changes: new Map(), whole: false };
-    this.lsn = c.lsn;
-    return { lsn: c.lsn, changes, whole: false };
+    this.lsn = lsn;
+    return { lsn, changes, whole: false };
   }
 
   /** Finds the replica row an old row (key columns, or all under REPLICA IDENTITY FULL) designates. */
-  private find(t: TableState, old: Row): [string | undefined, Row | undefined] {
-    const key = rowKey(old, t.keyColumns);
-    const hit = t.rows.get(key);
+  private find(t: Table, old: Row): [RowKey | undefined, Row | undefined] {
+    const key = mapKey(old, t.keyColumns);
+    const hit = t.keyed.get(key);
     if (hit !== undefined) return [key, hit];
     // Replica identity other than the key: match on the columns the old row carries.
     const given = Object.keys(old).filter((c) => old[c] !== null);
     if (given.length === 0) return [undefined, undefined];
-    for (const [k, r] of t.rows) {
+    for (const [k, r] of t.keyed) {
       if (given.every((c) => keyText(r[c] ?? null) === keyText(old[c] ?? null))) return [k, r];
     }
     return [undefined, undefined];
@@ -427,10 +532,10 @@ export class Replica {
     return rel;
   }
 
-  private table(target: Map<string, TableState>, rel: RelInfo): TableState {
+  private table(target: Map<string, Table>, rel: RelInfo): Table {
     let t = target.get(rel.name);
     if (t === undefined) {
-      t = { name: rel.name, columns: rel.columns, keyColumns: keyColumnsOf(rel.columns), rows: new Map(), version: 0 };
+      t = new Table(rel.name, rel.columns, keyColumnsOf(rel.columns));
       target.set(rel.name, t);
     }
     return t;
@@ -456,15 +561,16 @@ export class Replica {
     }
     const names = rel.columns.map((c) => c.name);
     const keyColumns = keyColumnsOf(rel.columns);
-    const rows = new Map<string, Row>();
-    for (const old of t.rows.values()) {
+    const rows = new Map<RowKey, Row>();
+    for (const old of t.keyed.values()) {
       const row: Row = {};
       for (const n of names) row[n] = old[n] ?? null;
-      rows.set(rowKey(row, keyColumns), row);
+      rows.set(mapKey(row, keyColumns), row);
     }
     t.columns = rel.columns;
     t.keyColumns = keyColumns;
-    t.rows = rows;
+    t.keyed = rows;
+    t.changed();
     t.version++;
     if (target === this.tables) changes.set(t.name, [...(changes.get(t.name) ?? []), { op: "reset" }]);
   }
@@ -478,8 +584,8 @@ export class Replica {
       throw new ProtocolError(`${rel.name}: row has ${values.length} values, relation has ${n} columns`);
     }
     const out = rel.scratch;
-    const nulls = wire.nulls;
-    const unchanged = wire.unchanged;
+    const nulls = wire.nulls ?? EMPTY;
+    const unchanged = wire.unchanged ?? EMPTY;
     const decoders = rel.decoders;
     if (nulls.length === 0 && unchanged.length === 0) {
       // No NULL and no unchanged column (the common row): no bitmap tests.

@@ -134,9 +134,21 @@ describe("PgsatClient session", () => {
     expect(titles(client)).toEqual(["a", "b", "c"]);
     expect(events[1]).toEqual({ table: "public.todos", lsn: 110n, changes: [{ op: "insert", key: "3", row: { id: 3, title: "c", done: false } }] });
     expect(client.getRow("todos", 3)).toEqual({ id: 3, title: "c", done: false });
+    // A snapshot's byKey (built when first read) has its keys and rows, also when the table changed since.
+    const older = client.getTable("todos");
+    sendTxn(conn, 115n, ["4", "d", "f"]);
+    await until(() => client.lsn === 115n, "lsn 115");
+    expect([...(older?.byKey ?? [])]).toEqual([
+      ["1", { id: 1, title: "a", done: false }],
+      ["2", { id: 2, title: "b", done: true }],
+      ["3", { id: 3, title: "c", done: false }],
+    ]);
+    expect(older?.byKey.get("3")).toBe(older?.rows[2]);
+    expect([...(client.getTable("todos")?.byKey.keys() ?? [])]).toEqual(["1", "2", "3", "4"]);
+    expect(client.getRow("todos", 4)).toEqual({ id: 4, title: "d", done: false });
 
     // Acknowledged after applying.
-    await expectAck(conn, 110n);
+    await expectAck(conn, 115n);
   });
 
   it("starts from the head without snapshot: false and resumes from StartReplicationResp.lsn", async () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { decodeFrame, encodeFrame, frame, FrameError, makeMessage, MessageType, toBytes } from "../src/framing.js";
+import { decodeFrame, decodeInFrame, encodeFrame, frame, FrameError, makeMessage, MessageType, toBytes } from "../src/framing.js";
 import { ErrorCode } from "../src/gen/pgsat_pb.js";
 import { wireRow } from "./fake-server.js";
 
@@ -86,5 +86,56 @@ describe("framing", () => {
       expect(values.map((v) => [...v])).toEqual([[1, 2], [3]]);
       for (const v of values) expect(Object.getPrototypeOf(v)).toBe(Uint8Array.prototype);
     }
+  });
+
+  it("decodeInFrame: OpLog and SnapshotRows through the generated ts-proto decoder, with the fields decodeFrame gives; other types as decodeFrame", () => {
+    const oplog = frame(MessageType.OpLog, {
+      ops: [
+        { op: { case: "begin", value: { xid: 1, commitLsn: 2n ** 64n - 1n, commitTime: 3n } } },
+        { op: { case: "insert", value: { relationId: 7, row: wireRow(["1", null, ""]) } } },
+        { op: { case: "update", value: { relationId: 7, row: wireRow(["1", "x", "y"], [2]), oldRow: wireRow(["0", null, null]) } } },
+        { op: { case: "delete", value: { relationId: 0, oldRow: wireRow(["1", null, null]) } } },
+        { op: { case: "truncate", value: { relationIds: [7, 8] } } },
+        { op: { case: "commit", value: { lsn: 2n ** 64n - 1n, commitTime: 3n } } },
+      ],
+    });
+    const fast = decodeInFrame(oplog);
+    const slow = decodeFrame(oplog);
+    if (fast.type !== MessageType.OpLog || slow.type !== MessageType.OpLog) throw new Error("type");
+    expect(fast.msg.ops.length).toBe(slow.msg.ops.length);
+    fast.msg.ops.forEach((o, i) => {
+      const s = slow.msg.ops[i]?.op;
+      expect(o.op?.$case).toBe(s?.case);
+      // Fields at their default value are absent from the wire; ts-proto leaves them undefined (noDefaultsForOptionals).
+      const { $typeName: _, ...want } = s?.value as unknown as Record<string, unknown>;
+      const got = o.op?.value as unknown as Record<string, unknown>;
+      for (const [k, v] of Object.entries(want)) {
+        const g = got[k];
+        if (v !== null && typeof v === "object" && "$typeName" in v) {
+          const { $typeName: __, ...row } = v as Record<string, unknown>;
+          const r = g as Record<string, unknown>;
+          expect((r.values as Uint8Array[]).map((b) => [...b])).toEqual((row.values as Uint8Array[]).map((b) => [...b]));
+          expect([...((r.nulls as Uint8Array | undefined) ?? [])]).toEqual([...(row.nulls as Uint8Array)]);
+          expect([...((r.unchanged as Uint8Array | undefined) ?? [])]).toEqual([...(row.unchanged as Uint8Array)]);
+        } else {
+          expect(g ?? (typeof v === "bigint" ? 0n : typeof v === "number" ? 0 : v)).toEqual(v);
+        }
+      }
+    });
+    const rows = frame(MessageType.SnapshotRows, { relationId: 3, rows: [wireRow(["1"]), wireRow([null])] });
+    const f = decodeInFrame(rows);
+    if (f.type !== MessageType.SnapshotRows) throw new Error("type");
+    expect(f.msg.relationId).toBe(3);
+    expect(f.msg.rows.map((r) => r.values.map((v) => [...v]))).toEqual([[[0x31]], [[]]]);
+    const ping = decodeInFrame(frame(MessageType.PingResp, { lsn: 9n }));
+    expect(ping).toEqual(decodeFrame(frame(MessageType.PingResp, { lsn: 9n })));
+  });
+
+  it("decodeInFrame rejects what decodeFrame rejects: empty, unknown type, truncated OpLog and SnapshotRows bodies", () => {
+    expect(() => decodeInFrame(new Uint8Array(0))).toThrow(FrameError);
+    expect(() => decodeInFrame(new Uint8Array([14]))).toThrow(/unknown message type 14/);
+    const oplog = frame(MessageType.OpLog, { ops: [{ op: { case: "insert", value: { relationId: 7, row: wireRow(["hello"]) } } }] });
+    expect(() => decodeInFrame(oplog.subarray(0, oplog.length - 2))).toThrow(FrameError);
+    expect(() => decodeInFrame(new Uint8Array([MessageType.SnapshotRows, 0x12, 0x50, 0x41]))).toThrow(/message type 12: body does not decode/);
   });
 });

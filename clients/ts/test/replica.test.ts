@@ -7,6 +7,7 @@ import {
   SnapshotRowsSchema,
   type TransOp,
 } from "../src/gen/pgsat_pb.js";
+import { decodeFrame, decodeInFrame, frame, MessageType } from "../src/framing.js";
 import { ProtocolError, Replica } from "../src/replica.js";
 import { wireRow } from "./fake-server.js";
 
@@ -276,6 +277,106 @@ describe("replica", () => {
     expect(() => r3.onOpLog(oplog(begin(1n), insWithUnchanged))).toThrow(/unchanged bit/);
     const r4 = new Replica();
     expect(() => r4.onSnapshotRows(create(SnapshotRowsSchema, { relationId: 1 }))).toThrow(/without a snapshot/);
+  });
+});
+
+describe("row keys", () => {
+  const big = create(RelationSchema, {
+    relationId: 4,
+    schema: "public",
+    table: "big",
+    columns: [
+      { name: "id", typeOid: 20, typeName: "int8", primaryKey: true },
+      { name: "v", typeOid: 25, typeName: "text" },
+    ],
+  });
+
+  it("are rowKey's strings in rows and changes, for integer keys in and beyond the safe range", () => {
+    const r = new Replica();
+    r.onRelation(big);
+    const huge = "9007199254740993"; // 2^53 + 1: no exact number
+    const a = txn(r, 10n, ins(4, [huge, "a"]), ins(4, ["-5", "b"]), ins(4, ["0", "c"]));
+    expect(a[0]?.changes.get("public.big")?.map((c) => (c.op === "insert" ? c.key : ""))).toEqual([huge, "-5", "0"]);
+    const t = r.tables.get("public.big");
+    const before = t?.rows;
+    expect([...(before?.keys() ?? [])]).toEqual([huge, "-5", "0"]);
+    expect(before?.get(huge)).toEqual({ id: 2n ** 53n + 1n, v: "a" });
+    expect(t?.rows).toBe(before); // same Map until the table changes
+    const b = txn(r, 20n, upd(4, ["7", "B"], { old: ["-5", null] }), del(4, [huge, null]), ins(4, ["0", "C"]));
+    expect(b[0]?.changes.get("public.big")).toEqual([
+      { op: "update", key: "7", row: { id: 7n, v: "B" }, oldKey: "-5", old: { id: -5n, v: "b" } },
+      { op: "delete", key: huge, old: { id: 2n ** 53n + 1n, v: "a" } },
+      { op: "update", key: "0", row: { id: 0n, v: "C" }, oldKey: "0", old: { id: 0n, v: "c" } },
+    ]);
+    expect([...(t?.rows.entries() ?? [])]).toEqual([
+      ["0", { id: 0n, v: "C" }],
+      ["7", { id: 7n, v: "B" }],
+    ]);
+    expect(before?.has("-5")).toBe(true); // the old Map is not updated
+  });
+
+  it("int8 as string and text keys that look like integers stay strings", () => {
+    const r = new Replica({ int8: "string" });
+    r.onRelation(big);
+    txn(r, 10n, ins(4, ["12", "a"]));
+    expect([...(r.tables.get("public.big")?.rows.keys() ?? [])]).toEqual(["12"]);
+    const a = txn(r, 20n, del(4, ["12", null]));
+    expect(a[0]?.changes.get("public.big")).toEqual([{ op: "delete", key: "12", old: { id: "12", v: "a" } }]);
+  });
+
+  it("load keys persisted rows by their key columns; assigning rows replaces them", () => {
+    const r = new Replica();
+    r.load([{ name: "public.big", columns: big.columns.map((c) => ({ ...c })), rows: [["3", { id: 3n, v: "x" }]] }], 5n, "");
+    r.onRelation(big);
+    const a = txn(r, 10n, del(4, ["3", null]));
+    expect(a[0]?.changes.get("public.big")).toEqual([{ op: "delete", key: "3", old: { id: 3n, v: "x" } }]);
+    const t = r.tables.get("public.big");
+    if (t === undefined) throw new Error("table");
+    t.rows = new Map([["whatever", { id: 4n, v: "y" }]]);
+    expect([...t.rows]).toEqual([["4", { id: 4n, v: "y" }]]);
+  });
+});
+
+describe("replica fed by the client's fast decoder (framing.decodeInFrame)", () => {
+  it("applies OpLog and SnapshotRows exactly as from the pb messages, also with fields at their default (absent on the wire)", () => {
+    const zero = create(RelationSchema, { ...todos, relationId: 0 });
+    const frames = [
+      frame(MessageType.OpLog, oplog(begin(10n), ins(0, ["1", "a", null, "f"]), ins(0, ["2", "b", "y", "t"]), ins(0, ["0", "", "", "f"]), commit(10n))),
+      frame(MessageType.OpLog, oplog(begin(20n), upd(0, ["2", "B", "", "f"], { unchanged: [2] }), upd(0, ["3", "c", "z", "t"], { old: ["1", null, null, null] }))),
+      frame(MessageType.OpLog, oplog(del(0, ["0", null, null, null]), commit(20n))),
+      frame(MessageType.OpLog, oplog(begin(0n), trunc(0), commit(0n))),
+    ];
+    const snap = frame(MessageType.SnapshotRows, { relationId: 0, rows: [wireRow(["7", "s", null, "t"])] });
+    const run = (decode: typeof decodeFrame | typeof decodeInFrame) => {
+      const r = new Replica();
+      r.onRelation(zero);
+      const applied = [];
+      const states = [];
+      for (const f of frames) {
+        const d = decode(f);
+        if (d.type !== MessageType.OpLog) throw new Error("type");
+        applied.push(...r.onOpLog(d.msg));
+        states.push([...(r.tables.get("public.todos")?.rows ?? [])]);
+      }
+      r.beginSnapshot();
+      r.onRelation(zero);
+      const d = decode(snap);
+      if (d.type !== MessageType.SnapshotRows) throw new Error("type");
+      r.onSnapshotRows(d.msg);
+      r.onSnapshotEnd(create(SnapshotEndSchema, { lsn: 30n }));
+      states.push([...(r.tables.get("public.todos")?.rows ?? [])]);
+      return { applied, states, lsn: r.lsn };
+    };
+    const fast = run(decodeInFrame);
+    expect(fast).toEqual(run(decodeFrame));
+    expect(fast.states[1]).toEqual(fast.states[0]);
+    expect(fast.states[2]).toEqual([
+      ["2", { id: 2, title: "B", body: "y", done: false }],
+      ["3", { id: 3, title: "c", body: "z", done: true }],
+    ]);
+    expect(fast.states[3]).toEqual([]);
+    expect(fast.states[4]).toEqual([["7", { id: 7, title: "s", body: null, done: true }]]);
+    expect(fast.lsn).toBe(30n);
   });
 });
 

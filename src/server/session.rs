@@ -301,7 +301,9 @@ impl Session {
                         Incoming::Closed => return CloseReason::ClientClosed,
                     }
                 }
-                res = self.writer.drain(&mut self.out), if !self.out.is_empty() => {
+                // Also when the queue is empty but a WebSocket flush is not
+                // done: the last messages would wait for the next one.
+                res = self.writer.drain(&mut self.out), if self.writer.has_pending(&self.out) => {
                     if res.is_err() {
                         return CloseReason::ClientClosed;
                     }
@@ -630,7 +632,7 @@ impl Session {
             }
         }
         let len = frames.len();
-        if frame_count > 1 && matches!(self.writer, Writer::Ws(_)) {
+        if frame_count > 1 && matches!(self.writer, Writer::Ws { .. }) {
             // One queue entry per frame: WebSocket sends each as its
             // own message (minus the length prefix).
             for f in crate::protocol::frame::split_frames(&frames) {

@@ -76,7 +76,12 @@ pub enum Writer {
         /// Part of the front frame already written.
         written: usize,
     },
-    Ws(SplitSink<WebSocketStream<TcpStream>, Message>),
+    Ws {
+        sink: SplitSink<WebSocketStream<TcpStream>, Message>,
+        /// Messages handed to the sink and not yet flushed to the socket:
+        /// the queue can be empty while the last of them still wait.
+        unflushed: bool,
+    },
 }
 
 pub fn tcp(stream: TcpStream, max_frame: u32) -> (Reader, Writer) {
@@ -93,7 +98,13 @@ pub fn tcp(stream: TcpStream, max_frame: u32) -> (Reader, Writer) {
 
 pub fn ws(stream: WebSocketStream<TcpStream>) -> (Reader, Writer) {
     let (sink, stream) = stream.split();
-    (Reader::Ws(stream), Writer::Ws(sink))
+    (
+        Reader::Ws(stream),
+        Writer::Ws {
+            sink,
+            unflushed: false,
+        },
+    )
 }
 
 impl Reader {
@@ -153,6 +164,18 @@ impl Reader {
 }
 
 impl Writer {
+    /// Whether anything waits to be written or flushed: `drain` has work.
+    pub fn has_pending(&self, queue: &OutQueue) -> bool {
+        !queue.is_empty()
+            || matches!(
+                self,
+                Writer::Ws {
+                    unflushed: true,
+                    ..
+                }
+            )
+    }
+
     /// Writes queued frames until the queue is empty and flushed. Cancel-safe:
     /// progress is kept in `queue` and `self`, so dropping the future loses
     /// nothing.
@@ -201,7 +224,7 @@ impl Writer {
                 }
                 Pin::new(&mut *half).poll_flush(cx)
             }
-            Writer::Ws(sink) => {
+            Writer::Ws { sink, unflushed } => {
                 while !queue.frames.is_empty() {
                     ready!(Pin::new(&mut *sink).poll_ready(cx)).map_err(ws_io)?;
                     let Some(mut frame) = queue.frames.pop_front() else {
@@ -212,8 +235,11 @@ impl Writer {
                     Pin::new(&mut *sink)
                         .start_send(Message::Binary(frame))
                         .map_err(ws_io)?;
+                    *unflushed = true;
                 }
-                Pin::new(&mut *sink).poll_flush(cx).map_err(ws_io)
+                ready!(Pin::new(&mut *sink).poll_flush(cx)).map_err(ws_io)?;
+                *unflushed = false;
+                Poll::Ready(Ok(()))
             }
         }
     }
@@ -224,7 +250,7 @@ impl Writer {
             Writer::Tcp { half, .. } => {
                 let _ = tokio::io::AsyncWriteExt::shutdown(half).await;
             }
-            Writer::Ws(sink) => {
+            Writer::Ws { sink, .. } => {
                 let _ = futures::SinkExt::close(sink).await;
             }
         }
@@ -235,5 +261,84 @@ fn ws_io(e: tungstenite::Error) -> io::Error {
     match e {
         tungstenite::Error::Io(e) => e,
         other => io::Error::other(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+
+    use super::*;
+
+    /// A WebSocket pair over loopback TCP: our writer on the server side.
+    async fn ws_pair() -> (
+        Writer,
+        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .max_message_size(None)
+                .max_frame_size(None);
+            tokio_tungstenite::connect_async_with_config(
+                format!("ws://{addr}/ws"),
+                Some(config),
+                false,
+            )
+            .await
+            .unwrap()
+            .0
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let server = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let (_, writer) = ws(server);
+        (writer, client.await.unwrap())
+    }
+
+    /// When the last message went to the sink but the socket was full, the
+    /// queue is empty and the writer still has work: the session keeps
+    /// draining on `has_pending`, or the message's end would wait for the
+    /// next one.
+    #[tokio::test]
+    async fn ws_writer_reports_an_unfinished_flush_with_an_empty_queue() {
+        let (mut w, mut client) = ws_pair().await;
+        let mut q = OutQueue::default();
+        assert!(!w.has_pending(&q));
+        // Far more than the socket buffers hold while the peer does not read.
+        let body = vec![7u8; 32 << 20];
+        q.push(raw_frame(b"small"));
+        q.push(raw_frame(&body));
+        w.try_drain(&mut q);
+        assert!(q.is_empty(), "both messages were handed to the sink");
+        assert!(w.has_pending(&q), "the flush is not done: work remains");
+        let reader = tokio::spawn(async move {
+            let mut sizes = Vec::new();
+            while sizes.len() < 2 {
+                match client.next().await {
+                    Some(Ok(Message::Binary(b))) => sizes.push(b.len()),
+                    other => panic!("{other:?}"),
+                }
+            }
+            sizes
+        });
+        tokio::time::timeout(Duration::from_secs(30), w.drain(&mut q))
+            .await
+            .expect("drained")
+            .expect("no error");
+        assert!(!w.has_pending(&q));
+        let sizes = reader.await.unwrap();
+        assert_eq!(sizes[1], 1 + body.len());
+    }
+
+    /// A raw frame (`u32` length, type byte, body): an OpLog of `body`.
+    fn raw_frame(body: &[u8]) -> Bytes {
+        let mut b = Vec::with_capacity(5 + body.len());
+        b.extend_from_slice(&(body.len() as u32 + 1).to_be_bytes());
+        b.push(crate::protocol::MsgType::OpLog as u8);
+        b.extend_from_slice(body);
+        Bytes::from(b)
     }
 }

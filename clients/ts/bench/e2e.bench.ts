@@ -90,14 +90,33 @@ async function tsClient(url: string, fromLsn: bigint): Promise<Run> {
     pingIntervalMs: 0,
   });
   let rows = 0;
-  const done = new Promise<void>((resolve) => {
+  let watchdog: ReturnType<typeof setInterval> | undefined;
+  const done = new Promise<void>((resolve, reject) => {
     c.onChange("bench", (ev) => {
       rows += ev.changes.length;
       if (rows >= ROWS) resolve();
     });
+    // A run that stops making progress fails with what the client knows,
+    // instead of hanging until the test timeout.
+    let seen = -1;
+    watchdog = setInterval(() => {
+      if (rows === seen) {
+        reject(
+          new Error(
+            `stalled at ${rows} of ${ROWS} rows: status ${c.status}, lsn ${c.lsn}, ` +
+              `replica rows ${c.getTable("bench")?.rows.length ?? "none"}, error ${JSON.stringify(c.error ?? null)}`,
+          ),
+        );
+      }
+      seen = rows;
+    }, 30_000);
   });
   await c.connect();
-  await done;
+  try {
+    await done;
+  } finally {
+    clearInterval(watchdog);
+  }
   const secs = (performance.now() - t0) / 1000;
   const used = process.cpuUsage(cpu0);
   const n = c.getTable("bench")?.rows.length ?? 0;

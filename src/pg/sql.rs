@@ -2,6 +2,7 @@
 //! names, with its TLS settings (see [`super::tls`]): the users lookup, the
 //! catalog queries and the snapshots use these.
 
+use futures::FutureExt;
 use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::{Client, NoTls};
@@ -68,11 +69,6 @@ impl SqlConfig {
         self
     }
 
-    /// tokio-postgres' config (for messages and tests).
-    pub fn config(&self) -> &tokio_postgres::Config {
-        &self.config
-    }
-
     /// Connects; the connection runs in a spawned task (returned) that logs
     /// at debug level (warn with `warn_on_error`) when it ends with an error.
     pub async fn connect(
@@ -88,22 +84,22 @@ impl SqlConfig {
             }
         };
         let failed = |e| self.connect_error(e);
-        Ok(match &self.tls {
+        // The connection's type differs with the TLS connector; boxed, one
+        // task spawns either.
+        let (client, conn) = match &self.tls {
             None => {
                 let (client, conn) = self.config.connect(NoTls).await.map_err(failed)?;
-                (
-                    client,
-                    tokio::spawn(async move { conn.await.unwrap_or_else(log) }),
-                )
+                (client, conn.boxed())
             }
             Some(tls) => {
                 let (client, conn) = self.config.connect(tls.clone()).await.map_err(failed)?;
-                (
-                    client,
-                    tokio::spawn(async move { conn.await.unwrap_or_else(log) }),
-                )
+                (client, conn.boxed())
             }
-        })
+        };
+        Ok((
+            client,
+            tokio::spawn(async move { conn.await.unwrap_or_else(log) }),
+        ))
     }
 
     /// A failed connect: the server's error, a TLS failure, or (transient)

@@ -57,6 +57,8 @@ pub struct ServerCtx {
     pub router: Arc<router::Router>,
     /// Publication membership, for `StartReplicationReq.tables`.
     pub published: Published,
+    /// Ordinary connections to the database (snapshots), from DATABASE_URL.
+    pub sql: SqlConfig,
 }
 
 /// The addresses a running server listens on (useful when configured with
@@ -140,8 +142,9 @@ pub async fn run_until(
     metrics.read_rules_enabled.set(i64::from(rules.is_some()));
     // Settings that can be wrong are checked before the slot exists (a slot
     // left behind by a failed start would keep WAL).
+    let sql = SqlConfig::new(&params)?;
     let auth = Arc::new(
-        Authenticator::new(&config.auth, SqlConfig::new(&params)?)
+        Authenticator::new(&config.auth, sql.clone())
             .await
             .map_err(|e| match e {
                 // The database failed: a runtime error.
@@ -239,6 +242,7 @@ pub async fn run_until(
         filter_cache: filter_cache.clone(),
         router: router::Router::new(log.clone(), filter_cache, metrics.clone()),
         published: Published::new(params.clone(), config.publication.clone()),
+        sql,
     });
     let tcp = TcpListener::bind(config.listen_addr)
         .await

@@ -52,8 +52,6 @@ use tokio::sync::{mpsc, watch};
 
 use super::ServerCtx;
 use crate::log::Cursor;
-use crate::pg::conn::ConnParams;
-use crate::pg::sql::SqlConfig;
 use crate::protocol::pb::ErrorCode;
 use crate::rules::snapshot::{permits, SnapshotConn, SnapshotError, SnapshotItem, TxSnapshot};
 
@@ -166,11 +164,9 @@ async fn read(
         p = permits().acquire_owned() => p.map_err(|e| (ErrorCode::Internal, e.to_string()))?,
         _ = tx.closed() => return Ok(()),
     };
-    let params = ConnParams::from_url(&ctx.config.database_url)
-        .map_err(|e| (ErrorCode::Internal, format!("DATABASE_URL: {e}")))?;
-    let sql =
-        SqlConfig::new(&params).map_err(|e| (ErrorCode::Internal, format!("DATABASE_URL: {e}")))?;
-    let mut conn = SnapshotConn::connect(sql).await.map_err(internal)?;
+    let mut conn = SnapshotConn::connect(ctx.sql.clone())
+        .await
+        .map_err(internal)?;
     // The cursor first (point 1 above), then the snapshot.
     let from = ctx
         .log

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod devpg;
+pub mod error_text;
 pub mod http;
 pub mod ingest;
 pub mod log;

@@ -131,44 +131,15 @@ fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> Exit
             usage_error(&e)
         }
         Err(e) => {
-            eprintln!("pgsat: {}", one_line(&e));
+            eprintln!("pgsat: {}", crate::error_text::one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
-/// The error and its causes on one line, without repeating a cause whose
-/// text an outer message already includes (most of ours do).
-fn one_line(e: &anyhow::Error) -> String {
-    let mut msg = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if msg.contains(&text) {
-            continue;
-        }
-        if !msg.is_empty() {
-            msg.push_str(": ");
-        }
-        msg.push_str(&text);
-    }
-    msg
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn error_chain_on_one_line_without_repeats() {
-        let io = std::io::Error::other("connection refused");
-        let e = anyhow::Error::new(io).context("cannot connect to db:5432: connection refused");
-        assert_eq!(
-            one_line(&e),
-            "cannot connect to db:5432: connection refused"
-        );
-        let e = anyhow::anyhow!("disk full").context("log write failed");
-        assert_eq!(one_line(&e), "log write failed: disk full");
-    }
 
     #[test]
     fn commands_parse() {

@@ -135,15 +135,7 @@ impl From<tokio_postgres::Error> for PgError {
         }
         // tokio-postgres' message names the step ("error connecting to
         // server"); the cause (refused, timed out) is in its sources.
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(cause) = src {
-            let text = cause.to_string();
-            if !msg.contains(&text) {
-                msg = format!("{msg}: {text}");
-            }
-            src = cause.source();
-        }
+        let msg = crate::error_text::one_line(&e);
         // tokio-postgres' TLS failures that carry no rustls error (the
         // server refusing TLS under sslmode=require) say so in the message.
         if msg.starts_with("error performing TLS handshake") {

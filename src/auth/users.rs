@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, Statement};
 
+use crate::pg::identity::table_identity;
 use crate::pg::sql::SqlConfig;
 use crate::pg::PgError;
 
@@ -225,40 +226,26 @@ pub async fn check_replicated(
     column: &str,
     publication: &str,
 ) -> Result<Result<(), String>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT n.nspname::text || '.' || c.relname::text,
-                    EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables p
-                            WHERE p.pubname = $2 AND p.schemaname = n.nspname
-                              AND p.tablename = c.relname),
-                    c.relreplident = 'f' OR COALESCE((
-                        SELECT true FROM pg_catalog.pg_index i
-                        JOIN pg_catalog.pg_attribute a
-                          ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-                        WHERE i.indrelid = c.oid AND a.attname = $3
-                          AND ((c.relreplident = 'd' AND i.indisprimary)
-                               OR (c.relreplident = 'i' AND i.indisreplident))
-                        LIMIT 1), false)
-               FROM pg_catalog.pg_class c
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.oid = to_regclass($1)",
-            &[&table, &publication, &column],
-        )
-        .await?;
+    let oid: Option<u32> = client
+        .query_one("SELECT to_regclass($1)::oid", &[&table])
+        .await?
+        .try_get(0)?;
     // The lookup has already checked that the table exists.
-    let Some(row) = row else {
+    let Some(t) = (match oid {
+        Some(oid) => table_identity(client, oid, publication).await?,
+        None => None,
+    }) else {
         return Ok(Ok(()));
     };
-    let (name, published, in_identity): (String, bool, bool) =
-        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-    if !published {
+    let name = &t.name;
+    if !t.published {
         return Ok(Err(format!(
             "AUTH_USERS_TABLE: {name} is not in publication {publication:?}, so a deleted user's \
              sessions are not closed (USER_DELETED) until they end: ALTER PUBLICATION \
              {publication} ADD TABLE {name}"
         )));
     }
-    if !in_identity {
+    if !t.carries_old(&column_name(column)) {
         return Ok(Err(format!(
             "AUTH_USERS_ID_COLUMN: {column:?} is not in the replica identity of {name}, so a \
              DELETE does not say which user was deleted and their sessions are not closed \

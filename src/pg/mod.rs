@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod conn;
+pub mod identity;
 pub mod lsn;
 pub mod pgoutput;
 pub mod replication;

@@ -20,7 +20,8 @@
 //! machine makes single steps noisy, the highest rate below which every step
 //! passed is printed too when it differs.
 //!
-//! Run: `cargo bench --bench fanout` (CLIENTS=…, STEP_SECS=…, RATES=10,20,…).
+//! Run: `cargo bench --bench fanout` (CLIENTS=…, STEP_SECS=…, RATES=10,20,…,
+//! CLIENT_THREADS=… for the client process, default 1).
 
 mod common;
 #[path = "../tests/support/mod.rs"]

@@ -15,8 +15,9 @@
 //! Run: `cargo bench --bench filtered_fanout` (CLIENTS=…, SMALL_CLIENTS=…,
 //! STEP_SECS=…, RATES=txn/s,…, CPU_RATE=txn/s and CPU_STEP_SECS=… (default
 //! 5) for the CPU comparison, whose rate defaults to the highest passing
-//! one). In the comparison the rows belong to random users among those
-//! connected, so each source row is delivered once in both runs.
+//! one; CLIENT_THREADS=… for the client process, default 1). In the
+//! comparison the rows belong to random users among those connected, so
+//! each source row is delivered once in both runs.
 
 mod common;
 #[path = "../tests/support/mod.rs"]

@@ -7,6 +7,13 @@
 //! The client process reads lines on stdin: `reset` (zero the counters,
 //! answers `ok`), `report` (answers `report <foreign> <p50 ms> <p99 ms>
 //! <max ms> <rows of client 0> … <rows of client N-1>`), anything else exits.
+//!
+//! The client process runs its clients on one thread (`CLIENT_THREADS=N`
+//! for a multi-thread runtime with N workers): on this 2-core machine a
+//! second thread bought nothing but cross-thread wake-ups, and took CPU
+//! from Postgres' walsender, whose lag behind the WAL is what pushed the
+//! p99 over 100 ms (measured: pg_stat_replication.sent_lsn up to 1 MB,
+//! 100 ms of WAL, behind pg_current_wal_lsn() at 5,000 txn/s).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -284,11 +291,16 @@ pub fn client_process() {
         foreign: AtomicU64::new(0),
         hist: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = match env_or("CLIENT_THREADS", 1) {
+        0 | 1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n as usize)
+            .enable_all()
+            .build(),
+    }
+    .expect("runtime");
     rt.block_on(async {
         let (started_tx, mut started_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(n);
         let gate = Arc::new(tokio::sync::Semaphore::new(200));

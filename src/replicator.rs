@@ -272,7 +272,7 @@ impl Replicator {
                     self.metrics.replication_transactions.inc();
                     let appended = self
                         .log
-                        .append_txn((**txn).clone())
+                        .append_txn(txn.clone())
                         .map_err(|e| RunError::Fatal(e.to_string()))?;
                     tracing::trace!(lsn = %Lsn(txn.commit_lsn), appended, "transaction");
                     if !appended {

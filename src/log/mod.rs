@@ -522,8 +522,10 @@ impl Log {
 
     /// Appends a committed transaction. `Ok(false)` (ignored) when
     /// `commit_lsn <= end_lsn()`. Visible to cursors at once (from the
-    /// cache); durable once `durable_lsn() >= commit_lsn`.
-    pub fn append_txn(&self, txn: TxnEntry) -> Result<bool, LogError> {
+    /// cache); durable once `durable_lsn() >= commit_lsn`. Takes the
+    /// assembler's `Arc` as it is: the entry is shared, not copied.
+    pub fn append_txn(&self, txn: impl Into<Arc<TxnEntry>>) -> Result<bool, LogError> {
+        let txn: Arc<TxnEntry> = txn.into();
         let s = self.shared();
         let mut st = s.lock();
         if s.closed.load(Ordering::SeqCst) {
@@ -537,7 +539,6 @@ impl Log {
             return Err(LogError::TooLarge { bytes: rec_len });
         }
         s.maybe_roll(&mut st, rec_len);
-        let txn = Arc::new(txn);
         let index = st.next_index;
         st.next_index += 1;
         if let Some(seg) = st.segs.back_mut() {
@@ -572,9 +573,14 @@ impl Log {
     /// bytes wait for the disk (or the log is closed).
     pub async fn wait_for_room(&self) {
         let s = self.shared();
+        let room = || s.lock().unsynced < UNSYNCED_MAX_BYTES || s.closed.load(Ordering::SeqCst);
+        if room() {
+            // The usual case, after every commit: no watch subscription.
+            return;
+        }
         let mut rx = s.progress.subscribe();
         loop {
-            if s.lock().unsynced < UNSYNCED_MAX_BYTES || s.closed.load(Ordering::SeqCst) {
+            if room() {
                 return;
             }
             if rx.changed().await.is_err() {

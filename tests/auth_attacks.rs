@@ -267,10 +267,18 @@ impl Server {
             .or_default() += 1;
     }
 
-    /// One case on a fresh connection.
+    /// One case on a fresh connection to each listener: TCP and WebSocket
+    /// share the session code, and must answer alike.
     async fn case(&mut self, case: &str, token: &str, want: Expect) {
-        let got = attempt(self.p.tcp, self.base, token, case).await;
-        match (&want, got) {
+        for via in [Listener::Tcp(self.p.tcp), Listener::Ws(self.p.ws)] {
+            let case = format!("{case} ({via:?})");
+            let got = attempt(via, self.base, token, &case).await;
+            self.judge(&case, &want, got);
+        }
+    }
+
+    fn judge(&mut self, case: &str, want: &Expect, got: Result<pb::AuthResp, pb::ErrorResp>) {
+        match (want, got) {
             (Expect::Ok(user), Ok(resp)) => {
                 assert_eq!(resp.user_id, *user, "{}/{case}: user_id", self.name);
                 self.tell("ok", "ok");
@@ -360,17 +368,36 @@ fn assert_no_echo(message: &str, token: &str, case: &str) {
     }
 }
 
+/// Which of pgsat's listeners a case connects to.
+#[derive(Clone, Copy)]
+enum Listener {
+    Tcp(SocketAddr),
+    Ws(SocketAddr),
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Listener::Tcp(_) => "tcp",
+            Listener::Ws(_) => "ws",
+        })
+    }
+}
+
 /// Sends `token` in an AuthReq on a new connection. Accepted: the AuthResp,
 /// after checking that StartReplicationReq{base} streams a transaction.
 /// Refused: the ErrorResp, after checking it was the only frame and the
 /// server closed the connection.
 async fn attempt(
-    addr: SocketAddr,
+    via: Listener,
     base: u64,
     token: &str,
     case: &str,
 ) -> Result<pb::AuthResp, pb::ErrorResp> {
-    let mut c = RawClient::connect(addr).await;
+    let mut c = match via {
+        Listener::Tcp(addr) => RawClient::connect(addr).await,
+        Listener::Ws(addr) => RawClient::connect_ws(addr).await,
+    };
     c.send(
         1,
         &pb::AuthReq {
@@ -1282,7 +1309,7 @@ async fn poll_until(
             )
             .await;
         }
-        let got = attempt(s.p.tcp, s.base, &token(), case).await;
+        let got = attempt(Listener::Tcp(s.p.tcp), s.base, &token(), case).await;
         let outcome = match &got {
             Ok(r) if r.user_id == "alice" => Expect::Ok("alice"),
             Ok(r) => panic!("{case}: AuthResp for {}", r.user_id),
@@ -1565,8 +1592,9 @@ async fn insert(db: &tokio_postgres::Client, owner: &str, title: &str) {
     .expect("insert");
 }
 
-/// Token refresh, expiry and deletion on live sessions, in one mode.
-async fn run_refresh(mode: Mode) {
+/// Token refresh, expiry and deletion on live sessions, in one mode, every
+/// session on one listener (TCP, or WebSocket when `ws`).
+async fn run_refresh(mode: Mode, ws: bool) {
     let pg = start_pg().await;
     let db = pg.client().await;
     let root = tempfile::tempdir().expect("tempdir");
@@ -1579,17 +1607,26 @@ async fn run_refresh(mode: Mode) {
     };
     let mut env = env_for(mode, Algorithm::HS256, SECRET);
     env.push(("AUTH_REFRESH_GRACE".into(), "10s".into()));
-    let name = match mode {
-        Mode::Secure => "refresh_secure",
-        Mode::Insecure => "refresh_insecure",
+    let name = match (mode, ws) {
+        (Mode::Secure, false) => "refresh_secure",
+        (Mode::Insecure, false) => "refresh_insecure",
+        (Mode::Secure, true) => "refresh_secure_ws",
+        (Mode::Insecure, true) => "refresh_insecure_ws",
     };
     let mut s = Server::start(&pg, root.path(), name, &env, &tok("alice", now() + 3600)).await;
-    let p_tcp = s.p.tcp;
+    let (p_tcp, p_ws) = (s.p.tcp, s.p.ws);
+    let connect = || async move {
+        if ws {
+            RawClient::connect_ws(p_ws).await
+        } else {
+            RawClient::connect(p_tcp).await
+        }
+    };
 
     // 1. Same user, mid-stream: AuthResp, and the stream goes on with
     //    nothing lost or repeated: r1..r15 are committed before the refresh
     //    (some still queued when it is answered), r16..r30 after.
-    let mut c1 = RawClient::connect(p_tcp).await;
+    let mut c1 = connect().await;
     c1.auth(&tok("alice", now() + 3600)).await;
     s.tell("ok", "ok");
     c1.start(0).await;
@@ -1696,7 +1733,7 @@ async fn run_refresh(mode: Mode) {
         ));
     }
     for (case, token, code, result, reason) in bad {
-        let mut c = RawClient::connect(p_tcp).await;
+        let mut c = connect().await;
         c.auth(&tok("alice", now() + 3600)).await;
         s.tell("ok", "ok");
         c.start(0).await;
@@ -1728,8 +1765,8 @@ async fn run_refresh(mode: Mode) {
 
     // 3. Expiry: TOKEN_EXPIRED, the stream pauses (nothing sent), and a
     //    refresh within the grace resumes exactly where it paused.
-    let mut c3 = RawClient::connect(p_tcp).await;
-    let mut witness = RawClient::connect(p_tcp).await;
+    let mut c3 = connect().await;
+    let mut witness = connect().await;
     witness.auth(&tok("bob", now() + 3600)).await;
     s.tell("ok", "ok");
     witness.start(0).await;
@@ -1800,7 +1837,7 @@ async fn run_refresh(mode: Mode) {
 
     // 4. Expiry without a refresh within the grace: TOKEN_EXPIRED, then
     //    TOKEN_EXPIRED again and close; no transaction in between.
-    let mut c = RawClient::connect(p_tcp).await;
+    let mut c = connect().await;
     c.auth(&tok("alice", now() + 3)).await;
     s.tell("ok", "ok");
     c.start(0).await;
@@ -1827,7 +1864,7 @@ async fn run_refresh(mode: Mode) {
     //    session stays paused (no stream, counted as paused) until a
     //    refresh, after which it streams.
     let paused_gauge = |p: &Pgsat| p.metric("pgsat_sessions{state=\"paused\"}");
-    let mut c4 = RawClient::connect(p_tcp).await;
+    let mut c4 = connect().await;
     c4.auth(&tok("bob", now() + 3)).await;
     s.tell("ok", "ok");
     let e = c4.recv_timeout(T).await.expect("TOKEN_EXPIRED");
@@ -1868,12 +1905,12 @@ async fn run_refresh(mode: Mode) {
     // 5. The user's row is deleted: every session of that user (streaming,
     //    paused or not started, and c1 and c3 from above) gets USER_DELETED
     //    and is closed; another user's session goes on.
-    let mut streaming = RawClient::connect(p_tcp).await;
+    let mut streaming = connect().await;
     streaming.auth(&tok("alice", now() + 3600)).await;
     streaming.start(0).await;
-    let mut idle = RawClient::connect(p_tcp).await;
+    let mut idle = connect().await;
     idle.auth(&tok("alice", now() + 3600)).await;
-    let mut paused_c = RawClient::connect(p_tcp).await;
+    let mut paused_c = connect().await;
     paused_c.auth(&tok("alice", now() + 3)).await;
     paused_c.start(0).await;
     for _ in 0..3 {
@@ -1933,12 +1970,19 @@ async fn run_refresh(mode: Mode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_expiry_and_deletion_secure_mode() {
-    run_refresh(Mode::Secure).await;
+    run_refresh(Mode::Secure, false).await;
+}
+
+/// The same over the WebSocket listener (secure mode: the token checks
+/// themselves are covered on both listeners by the attack tables).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_expiry_and_deletion_over_websocket() {
+    run_refresh(Mode::Secure, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_expiry_and_deletion_insecure_mode() {
-    run_refresh(Mode::Insecure).await;
+    run_refresh(Mode::Insecure, false).await;
 }
 
 /// JWKS endpoint down when pgsat starts: it starts anyway (ready), refuses
@@ -1962,7 +2006,7 @@ async fn jwks_down_at_start_is_internal_until_the_first_fetch() {
     );
     assert!(!jwks.hits().is_empty(), "no fetch at start");
     let token = kid_token("k1", &k1);
-    let e = attempt(p.tcp, 0, &token, "JWKS never fetched")
+    let e = attempt(Listener::Tcp(p.tcp), 0, &token, "JWKS never fetched")
         .await
         .expect_err("refused while no key set was ever fetched");
     assert_eq!(e.code, ErrorCode::Internal as i32, "{}", e.message);
@@ -1972,7 +2016,7 @@ async fn jwks_down_at_start_is_internal_until_the_first_fetch() {
         &json!({"user_id": "alice", "exp": now() + 60}),
         Some((Algorithm::HS256, &hs("x"))),
     );
-    let e = attempt(p.tcp, 0, &wrong, "wrong alg, no key set")
+    let e = attempt(Listener::Tcp(p.tcp), 0, &wrong, "wrong alg, no key set")
         .await
         .expect_err("wrong alg");
     assert_eq!(

@@ -44,20 +44,34 @@ async fn expect_error(c: &mut RawClient, code: pb::ErrorCode) -> pb::ErrorResp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_step1_auth_rules() {
     let (_pg, _dir, p) = setup(&[("AUTH_TIMEOUT", "300ms"), ("SERVER_ID", "conf-1")]).await;
+    for ws in [false, true] {
+        step1_auth_rules(&p, ws).await;
+    }
+}
+
+/// Step 1 on one listener (TCP, or WebSocket when `ws`).
+async fn step1_auth_rules(p: &Pgsat, ws: bool) {
+    let connect = || async {
+        if ws {
+            RawClient::connect_ws(p.ws).await
+        } else {
+            RawClient::connect(p.tcp).await
+        }
+    };
 
     // No AuthReq within AUTH_TIMEOUT → AUTH_TIMEOUT and close.
-    let mut c = RawClient::connect(p.tcp).await;
+    let mut c = connect().await;
     expect_error(&mut c, pb::ErrorCode::AuthTimeout).await;
     assert!(c.closed_within(T).await);
 
     // Any other first frame → AUTH_REQUIRED and close.
-    let mut c = RawClient::connect(p.tcp).await;
+    let mut c = connect().await;
     c.send(7, &pb::PingReq {}).await;
     expect_error(&mut c, pb::ErrorCode::AuthRequired).await;
     assert!(c.closed_within(T).await);
 
     // A valid token → AuthResp echoing id, with user_id, server_id, expires_at.
-    let mut c = RawClient::connect(p.tcp).await;
+    let mut c = connect().await;
     c.send(
         1,
         &pb::AuthReq {
@@ -79,7 +93,7 @@ async fn session_step1_auth_rules() {
     assert!(resp.expires_at > now_us && resp.expires_at < now_us + 3_700_000_000);
 
     // A user without a row → USER_NOT_FOUND and close.
-    let mut c = RawClient::connect(p.tcp).await;
+    let mut c = connect().await;
     c.send(
         1,
         &pb::AuthReq {
@@ -92,7 +106,7 @@ async fn session_step1_auth_rules() {
     assert!(c.closed_within(T).await);
 
     // Malformed token → AUTH_FAILED, and the message never echoes the token.
-    let mut c = RawClient::connect(p.tcp).await;
+    let mut c = connect().await;
     let bad = "not-a-jwt-SECRETSTUFF";
     c.send(
         1,
@@ -111,7 +125,7 @@ async fn session_step1_auth_rules() {
     assert!(c.closed_within(T).await);
 
     // Expired token → TOKEN_EXPIRED and close.
-    let mut c = RawClient::connect(p.tcp).await;
+    let mut c = connect().await;
     c.send(
         1,
         &pb::AuthReq {

@@ -264,8 +264,18 @@ impl RawFrame {
 /// A raw TCP protocol client (length-prefixed frames), written from the
 /// contract rather than from the server's codec.
 pub struct RawClient {
-    stream: tokio::net::TcpStream,
+    conn: Conn,
     buf: BytesMut,
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The transport under a [`RawClient`]: the same frames, TCP-framed or one
+/// per binary WebSocket message.
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Ws(Box<WsStream>),
 }
 
 impl RawClient {
@@ -277,9 +287,22 @@ impl RawClient {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true).ok();
         Ok(RawClient {
-            stream,
+            conn: Conn::Tcp(stream),
             buf: BytesMut::new(),
         })
+    }
+
+    /// A client of the WebSocket listener (`ws://addr/ws`): every method
+    /// works as over TCP (`send_bytes` sends the bytes as one message).
+    #[allow(dead_code)]
+    pub async fn connect_ws(addr: SocketAddr) -> RawClient {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .expect("WebSocket connect");
+        RawClient {
+            conn: Conn::Ws(Box::new(ws)),
+            buf: BytesMut::new(),
+        }
     }
 
     /// A client with a tiny socket receive buffer: one that stops reading
@@ -289,14 +312,21 @@ impl RawClient {
         socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
         let stream = socket.connect(addr).await.expect("connect");
         RawClient {
-            stream,
+            conn: Conn::Tcp(stream),
             buf: BytesMut::new(),
         }
     }
 
     /// This end's address (the `peer` the server sees).
     pub fn local_addr(&self) -> SocketAddr {
-        self.stream.local_addr().expect("local addr")
+        match &self.conn {
+            Conn::Tcp(s) => s.local_addr(),
+            Conn::Ws(ws) => match ws.get_ref() {
+                tokio_tungstenite::MaybeTlsStream::Plain(s) => s.local_addr(),
+                _ => unreachable!("ws:// only"),
+            },
+        }
+        .expect("local addr")
     }
 
     pub async fn send(&mut self, ty: u8, msg: &impl Message) {
@@ -306,14 +336,30 @@ impl RawClient {
 
     pub async fn send_raw(&mut self, ty: u8, body: &[u8]) {
         let mut out = BytesMut::with_capacity(5 + body.len());
-        out.put_u32(1 + body.len() as u32);
-        out.put_u8(ty);
-        out.put_slice(body);
-        self.stream.write_all(&out).await.expect("write");
+        if let Conn::Tcp(stream) = &mut self.conn {
+            out.put_u32(1 + body.len() as u32);
+            out.put_u8(ty);
+            out.put_slice(body);
+            stream.write_all(&out).await.expect("write");
+        } else {
+            out.put_u8(ty);
+            out.put_slice(body);
+            self.send_bytes(&out).await;
+        }
     }
 
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes).await;
+        match &mut self.conn {
+            Conn::Tcp(stream) => {
+                let _ = stream.write_all(bytes).await;
+            }
+            Conn::Ws(ws) => {
+                use futures::SinkExt;
+                let msg =
+                    tokio_tungstenite::tungstenite::Message::Binary(Bytes::copy_from_slice(bytes));
+                let _ = ws.send(msg).await;
+            }
+        }
     }
 
     /// Next frame, or None when the server closed the connection.
@@ -324,6 +370,10 @@ impl RawClient {
     }
 
     pub async fn recv(&mut self) -> Option<RawFrame> {
+        let stream = match &mut self.conn {
+            Conn::Tcp(stream) => stream,
+            Conn::Ws(ws) => return ws_recv(ws).await,
+        };
         loop {
             if self.buf.len() >= 4 {
                 let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
@@ -336,7 +386,7 @@ impl RawClient {
                     return Some(RawFrame { ty, body: frame });
                 }
             }
-            let n = self.stream.read_buf(&mut self.buf).await.ok()?;
+            let n = stream.read_buf(&mut self.buf).await.ok()?;
             if n == 0 {
                 return None;
             }
@@ -434,6 +484,26 @@ impl RawClient {
         match self.start_req_within(req, Duration::from_secs(10)).await {
             Ok(resp) => resp,
             Err(e) => panic!("expected StartReplicationResp, got {e:?}"),
+        }
+    }
+}
+
+/// The next binary message as a frame (type byte + body); None once the
+/// server closed. Anything but a binary message from the server is a
+/// protocol violation.
+async fn ws_recv(ws: &mut WsStream) -> Option<RawFrame> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match ws.next().await? {
+            Ok(Message::Binary(mut b)) => {
+                assert!(!b.is_empty(), "server sent an empty WebSocket message");
+                let ty = b.get_u8();
+                return Some(RawFrame { ty, body: b });
+            }
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(other) => panic!("server sent a non-binary WebSocket message: {other:?}"),
         }
     }
 }

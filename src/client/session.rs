@@ -10,10 +10,11 @@
 //! - Complete events already received are handed out before any error.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio::time::{sleep, timeout, Instant, Sleep};
 
 use super::config::ClientConfig;
 use super::connection::{Connection, Connector, Endpoint, UrlConnector};
@@ -33,9 +34,7 @@ pub struct SessionInfo {
 
 enum Wake {
     Msg(Result<Option<ServerMessage>, ClientError>),
-    Refresh,
-    Ack,
-    Ping,
+    Timer,
 }
 
 /// A replication client. See the module documentation.
@@ -68,6 +67,12 @@ pub struct Client {
 
     last_rx: Instant,
     ping_sent: bool,
+    /// One timer for the token refresh, the next AckReq and the idle
+    /// PingReq, armed lazily: set again only when an earlier deadline
+    /// appears or it fired, not on every message (a timer registration per
+    /// message and per deadline cost microseconds on the receive path).
+    timer: Pin<Box<Sleep>>,
+    armed: Option<Instant>,
 
     attempts: u32,
     delay_next: bool,
@@ -90,13 +95,6 @@ fn random_u64() -> u64 {
             .unwrap_or(0),
     );
     h.finish()
-}
-
-async fn sleep_opt(at: Option<Instant>) {
-    match at {
-        Some(t) => sleep_until(t).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn server_error(e: pb::ErrorResp) -> ClientError {
@@ -145,6 +143,8 @@ impl Client {
             session: SessionInfo::default(),
             last_rx: Instant::now(),
             ping_sent: false,
+            timer: Box::pin(sleep(Duration::ZERO)),
+            armed: None,
             attempts: 0,
             delay_next: false,
         };
@@ -431,14 +431,19 @@ impl Client {
 
     async fn step(&mut self) -> Result<(), ClientError> {
         let (refresh_at, ack_at, ping_at) = (self.refresh_at, self.ack_at(), self.ping_at());
+        let due = [refresh_at, ack_at, ping_at].into_iter().flatten().min();
+        if let Some(at) = due {
+            if self.armed.is_none_or(|armed| at < armed) {
+                self.timer.as_mut().reset(at);
+                self.armed = Some(at);
+            }
+        }
         let Some(conn) = self.conn.as_mut() else {
             return Err(ClientError::Closed);
         };
         let wake = tokio::select! {
             r = conn.recv() => Wake::Msg(r),
-            _ = sleep_opt(refresh_at) => Wake::Refresh,
-            _ = sleep_opt(ack_at) => Wake::Ack,
-            _ = sleep_opt(ping_at) => Wake::Ping,
+            _ = &mut self.timer, if self.armed.is_some() => Wake::Timer,
         };
         match wake {
             Wake::Msg(r) => {
@@ -449,20 +454,30 @@ impl Client {
                     Some(m) => self.handle(m).await,
                 }
             }
-            Wake::Refresh => self.refresh_token().await,
-            Wake::Ack => {
-                let lsn = self.applied;
-                self.send(ClientMessage::Ack(pb::AckReq { lsn })).await?;
-                self.acked = lsn;
-                self.last_ack = Some(Instant::now());
-                Ok(())
-            }
-            Wake::Ping => {
-                if self.ping_sent {
-                    return Err(ClientError::Timeout("no answer from the server to PingReq"));
+            Wake::Timer => {
+                // Whatever is due now; an early firing (the deadline moved
+                // later, e.g. a message came since) does nothing, and the
+                // next step arms the timer again.
+                self.armed = None;
+                let now = Instant::now();
+                let is_due = |at: Option<Instant>| at.is_some_and(|t| t <= now);
+                if is_due(refresh_at) {
+                    self.refresh_token().await
+                } else if is_due(ack_at) {
+                    let lsn = self.applied;
+                    self.send(ClientMessage::Ack(pb::AckReq { lsn })).await?;
+                    self.acked = lsn;
+                    self.last_ack = Some(Instant::now());
+                    Ok(())
+                } else if is_due(ping_at) {
+                    if self.ping_sent {
+                        return Err(ClientError::Timeout("no answer from the server to PingReq"));
+                    }
+                    self.ping_sent = true;
+                    self.send(ClientMessage::PingReq).await
+                } else {
+                    Ok(())
                 }
-                self.ping_sent = true;
-                self.send(ClientMessage::PingReq).await
             }
         }
     }

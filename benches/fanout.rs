@@ -21,7 +21,7 @@
 //! passed is printed too when it differs.
 //!
 //! Run: `cargo bench --bench fanout` (CLIENTS=…, STEP_SECS=…, RATES=10,20,…,
-//! CLIENT_THREADS=… for the client process, default 1).
+//! CLIENT_THREADS=… for the client process, default 2).
 
 mod common;
 #[path = "../tests/support/mod.rs"]
@@ -53,7 +53,7 @@ fn main() {
     );
     let data_dir = tempfile::tempdir().expect("data dir");
     let pgsat = common::start_pgsat(&pg, data_dir.path(), Some(clients), &[]);
-    let mut child = fan::spawn_clients(pgsat.tcp, clients, &Users::Shared);
+    let mut child = fan::spawn_clients(pgsat.tcp, clients, &Users::Shared, 2);
     eprintln!(
         "pgsat RSS {:.1} MiB",
         common::proc_status_kib(pgsat.pid(), "VmRSS") as f64 / 1024.0

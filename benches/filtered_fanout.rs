@@ -146,7 +146,7 @@ fn main() {
         &[("RULES_FILE", &rules.display().to_string())],
     );
     let users = Users::PerUser(USER_PREFIX.into());
-    let mut child = fan::spawn_clients(pgsat.tcp, clients, &users);
+    let mut child = fan::spawn_clients(pgsat.tcp, clients, &users, 1);
 
     let pg_pids = postgres_pids(&pg);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -237,7 +237,7 @@ fn main() {
             child.send("exit");
             drop(child);
             std::thread::sleep(Duration::from_secs(1));
-            child = fan::spawn_clients(pgsat.tcp, n, &users);
+            child = fan::spawn_clients(pgsat.tcp, n, &users, 1);
         }
         let (step, rows_per_sec) = w.step(&mut child, pgsat.pid(), &pg_pids, n, cpu_rate, cpu_secs);
         let us = cpu_us_per_row(&step);

@@ -8,12 +8,15 @@
 //! answers `ok`), `report` (answers `report <foreign> <p50 ms> <p99 ms>
 //! <max ms> <rows of client 0> … <rows of client N-1>`), anything else exits.
 //!
-//! The client process runs its clients on one thread (`CLIENT_THREADS=N`
-//! for a multi-thread runtime with N workers): on this 2-core machine a
-//! second thread bought nothing but cross-thread wake-ups, and took CPU
-//! from Postgres' walsender, whose lag behind the WAL is what pushed the
-//! p99 over 100 ms (measured: pg_stat_replication.sent_lsn up to 1 MB,
-//! 100 ms of WAL, behind pg_current_wal_lsn() at 5,000 txn/s).
+//! The client process runs its clients on the threads the bench asks for
+//! (`CLIENT_THREADS=N` overrides): `filtered_fanout` uses one — each
+//! delivery wakes one client, and on this 2-core machine a second thread
+//! bought only cross-thread wake-ups and took CPU from Postgres' walsender,
+//! whose lag behind the WAL is what pushed the p99 over 100 ms (measured:
+//! pg_stat_replication.sent_lsn up to 1 MB, 100 ms of WAL, behind
+//! pg_current_wal_lsn() at 5,000 txn/s); `fanout` uses two — every
+//! transaction wakes all 1,000 clients at once, and two threads drain them
+//! in parallel.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,14 +56,19 @@ pub enum Users {
     PerUser(String),
 }
 
-/// Starts `n` clients against `addr` in a client process and waits until
-/// all of them stream; prints how long that took.
-pub fn spawn_clients(addr: std::net::SocketAddr, n: u64, users: &Users) -> ChildProc {
+/// Starts `n` clients against `addr` in a client process running them on
+/// `threads` threads (`CLIENT_THREADS` overrides) and waits until all of
+/// them stream; prints how long that took.
+pub fn spawn_clients(addr: std::net::SocketAddr, n: u64, users: &Users, threads: u64) -> ChildProc {
     let mode = match users {
         Users::Shared => "shared".to_string(),
         Users::PerUser(prefix) => format!("user:{prefix}"),
     };
-    let mut child = ChildProc::spawn(ROLE, &[addr.to_string(), n.to_string(), mode]);
+    let threads = env_or("CLIENT_THREADS", threads);
+    let mut child = ChildProc::spawn(
+        ROLE,
+        &[addr.to_string(), n.to_string(), mode, threads.to_string()],
+    );
     let t = Instant::now();
     let ready = child.recv();
     eprintln!("{ready} ({:.1}s)", t.elapsed().as_secs_f64());
@@ -291,7 +299,8 @@ pub fn client_process() {
         foreign: AtomicU64::new(0),
         hist: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
     });
-    let rt = match env_or("CLIENT_THREADS", 1) {
+    let threads: u64 = args[3].parse().expect("threads");
+    let rt = match threads {
         0 | 1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),

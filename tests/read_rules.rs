@@ -16,7 +16,7 @@ use pgsat::protocol::pb::trans_op::Op;
 use prost::Message;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use support::pgsat::{cell, Pgsat, RawClient, RawFrame, Txn, TxnReader};
+use support::pgsat::{cell, Decoded, Pgsat, RawClient, RawFrame, Txn, TxnReader};
 use support::{wait_until, PgServer};
 
 const T: Duration = Duration::from_secs(15);
@@ -1524,19 +1524,17 @@ read = "owner = auth.user_id"
     let mut v_len = None;
     loop {
         let f = alice.recv_timeout(T).await.expect("snapshot frame");
-        match f.ty {
-            9 => {
-                let rel = pb::Relation::decode(f.body).expect("Relation");
+        match f.decoded() {
+            Decoded::Relation(rel) => {
                 rels.insert(rel.relation_id, rel.table);
             }
-            12 => {
-                let s = pb::SnapshotRows::decode(f.body).expect("SnapshotRows");
+            Decoded::SnapshotRows(s) => {
                 if rels.get(&s.relation_id).map(String::as_str) == Some("keyed") {
                     v_len = s.rows.first().and_then(|row| cell(row, 2)).map(|v| v.len());
                 }
             }
-            13 => break,
-            other => panic!("unexpected frame {other} {:?}", f.error()),
+            Decoded::SnapshotEnd(_) => break,
+            _ => panic!("unexpected frame {} {:?}", f.ty, f.error()),
         }
     }
     assert_eq!(v_len, Some(5000), "the snapshot has keyed's row whole");

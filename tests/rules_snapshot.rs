@@ -16,10 +16,9 @@ use std::time::Duration;
 
 use pgsat::protocol::pb;
 use pgsat::protocol::pb::trans_op::Op;
-use prost::Message;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use support::pgsat::{cell, Pgsat, RawClient, RawFrame, Txn, TxnReader};
+use support::pgsat::{cell, Decoded, Pgsat, RawClient, Txn, TxnReader};
 use support::{wait_until, PgServer};
 
 const T: Duration = Duration::from_secs(30);
@@ -310,9 +309,8 @@ fn table_of(r: &TxnReader, id: u32) -> String {
         .unwrap_or_else(|| panic!("relation {id} without its Relation"))
 }
 
-/// Checks a Relation frame names a table `who` may read.
-fn check_relation(who: &Who, f: &RawFrame) {
-    let r = pb::Relation::decode(f.body.clone()).expect("Relation");
+/// Checks a Relation names a table `who` may read.
+fn check_relation(who: &Who, r: &pb::Relation) {
     assert!(
         r.schema == "public" && who.table_readable(&r.table),
         "{}: Relation of {}.{} (unreadable or not subscribed)",
@@ -331,26 +329,22 @@ async fn read_snapshot(
 ) -> pb::SnapshotEnd {
     loop {
         let f = c.recv_timeout(T).await.expect("snapshot frame");
-        match f.ty {
-            9 => {
-                check_relation(who, &f);
+        match f.decoded() {
+            Decoded::Relation(r) => {
+                check_relation(who, &r);
                 reader.feed(&f);
             }
-            12 => rep.snapshot_rows(
-                who,
-                reader,
-                pb::SnapshotRows::decode(f.body).expect("SnapshotRows"),
-            ),
-            10 => {
+            Decoded::SnapshotRows(m) => rep.snapshot_rows(who, reader, m),
+            Decoded::OpLog => {
                 for t in reader.feed(&f) {
                     rep.apply(who, reader, &t);
                 }
             }
-            13 => {
+            Decoded::SnapshotEnd(end) => {
                 assert!(!reader.in_transaction(), "SnapshotEnd inside a transaction");
-                return pb::SnapshotEnd::decode(f.body).expect("SnapshotEnd");
+                return end;
             }
-            other => panic!("unexpected frame {other}: {:?}", f.error()),
+            _ => panic!("unexpected frame {}: {:?}", f.ty, f.error()),
         }
     }
 }
@@ -366,12 +360,12 @@ async fn read_until_marker(
 ) {
     loop {
         let f = c.recv_timeout(T).await.expect("stream frame");
-        match f.ty {
-            9 => {
-                check_relation(who, &f);
+        match f.decoded() {
+            Decoded::Relation(r) => {
+                check_relation(who, &r);
                 reader.feed(&f);
             }
-            10 => {
+            Decoded::OpLog => {
                 for t in reader.feed(&f) {
                     rep.apply(who, reader, &t);
                     let seen = t.ops.iter().any(|op| match op {
@@ -386,7 +380,7 @@ async fn read_until_marker(
                     }
                 }
             }
-            other => panic!("unexpected frame {other}: {:?}", f.error()),
+            _ => panic!("unexpected frame {}: {:?}", f.ty, f.error()),
         }
     }
 }
@@ -625,18 +619,17 @@ async fn workload_client(
             if let Some(f) = f {
                 let mut s = st.lock().expect("state");
                 let s = &mut *s;
-                match f.ty {
-                    9 => {
-                        check_relation(&s.who, &f);
+                match f.decoded() {
+                    Decoded::Relation(r) => {
+                        check_relation(&s.who, &r);
                         reader.feed(&f);
                     }
-                    12 => {
-                        let m = pb::SnapshotRows::decode(f.body).expect("SnapshotRows");
+                    Decoded::SnapshotRows(m) => {
                         assert!(in_snapshot, "SnapshotRows after SnapshotEnd");
                         s.rep.snapshot_rows(&s.who, &reader, m);
                         got += 1;
                     }
-                    10 => {
+                    Decoded::OpLog => {
                         for t in reader.feed(&f) {
                             s.rep.apply(&s.who, &reader, &t);
                             if !in_snapshot {
@@ -646,8 +639,7 @@ async fn workload_client(
                             got += 1;
                         }
                     }
-                    13 => {
-                        let end = pb::SnapshotEnd::decode(f.body).expect("SnapshotEnd");
+                    Decoded::SnapshotEnd(end) => {
                         assert!(in_snapshot && !reader.in_transaction());
                         assert_eq!(
                             end.view_id, s.view_id,
@@ -657,8 +649,7 @@ async fn workload_client(
                         s.position = end.lsn;
                         in_snapshot = false;
                     }
-                    0 => {
-                        let e = f.error().expect("ErrorResp");
+                    Decoded::Error(e) => {
                         assert!(
                             refreshed && e.code == pb::ErrorCode::ResyncRequired as i32,
                             "{}: unexpected error {e:?}",
@@ -670,7 +661,7 @@ async fn workload_client(
                         s.resyncs += 1;
                         continue 'session;
                     }
-                    other => panic!("unexpected frame {other}"),
+                    Decoded::Other(ty) => panic!("unexpected frame {ty}"),
                 }
             }
             if let Some(new) = &resync_to {

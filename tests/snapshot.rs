@@ -14,7 +14,7 @@ use pgsat::protocol::pb;
 use pgsat::protocol::pb::trans_op::Op;
 use pgsat::rules::snapshot::{SnapshotConn, SnapshotError, SnapshotItem};
 use prost::Message;
-use support::pgsat::{cell, insecure_token, Pgsat, RawClient, Txn, TxnReader};
+use support::pgsat::{cell, insecure_token, Decoded, Pgsat, RawClient, Txn, TxnReader};
 use support::PgServer;
 
 const T: Duration = Duration::from_secs(60);
@@ -82,17 +82,15 @@ async fn read_snapshot(c: &mut RawClient) -> Snapshot {
     let mut saw_oplog = false;
     loop {
         let f = c.recv_timeout(T).await.expect("snapshot frame");
-        match f.ty {
-            9 => {
-                let r = pb::Relation::decode(f.body.clone()).expect("Relation");
+        match f.decoded() {
+            Decoded::Relation(r) => {
                 if !saw_oplog {
                     s.relations.insert(r.relation_id, r);
                 }
                 s.reader.feed(&f);
             }
-            12 => {
+            Decoded::SnapshotRows(m) => {
                 assert!(!saw_oplog, "SnapshotRows after a catch-up OpLog");
-                let m = pb::SnapshotRows::decode(f.body).expect("SnapshotRows");
                 assert!(
                     s.relations.contains_key(&m.relation_id),
                     "rows of relation {} before its Relation",
@@ -100,19 +98,19 @@ async fn read_snapshot(c: &mut RawClient) -> Snapshot {
                 );
                 s.rows.entry(m.relation_id).or_default().extend(m.rows);
             }
-            10 => {
+            Decoded::OpLog => {
                 saw_oplog = true;
                 s.catchup.extend(s.reader.feed(&f));
             }
-            13 => {
+            Decoded::SnapshotEnd(end) => {
                 assert!(
                     !s.reader.in_transaction(),
                     "SnapshotEnd inside a transaction"
                 );
-                s.end = pb::SnapshotEnd::decode(f.body).expect("SnapshotEnd");
+                s.end = end;
                 return s;
             }
-            other => panic!("unexpected frame {other}: {:?}", f.error()),
+            _ => panic!("unexpected frame {}: {:?}", f.ty, f.error()),
         }
     }
 }

@@ -259,6 +259,33 @@ impl RawFrame {
     pub fn error(&self) -> Option<pb::ErrorResp> {
         (self.ty == 0).then(|| pb::ErrorResp::decode(self.body.clone()).expect("ErrorResp"))
     }
+
+    /// The frame decoded by its type byte (protocol.md's table); a body
+    /// that does not decode fails the test.
+    #[allow(dead_code)]
+    pub fn decoded(&self) -> Decoded {
+        let body = self.body.clone();
+        match self.ty {
+            0 => Decoded::Error(pb::ErrorResp::decode(body).expect("ErrorResp")),
+            9 => Decoded::Relation(pb::Relation::decode(body).expect("Relation")),
+            10 => Decoded::OpLog,
+            12 => Decoded::SnapshotRows(pb::SnapshotRows::decode(body).expect("SnapshotRows")),
+            13 => Decoded::SnapshotEnd(pb::SnapshotEnd::decode(body).expect("SnapshotEnd")),
+            ty => Decoded::Other(ty),
+        }
+    }
+}
+
+/// A server frame by type, as the snapshot readers of the tests take it.
+#[allow(dead_code)]
+pub enum Decoded {
+    Error(pb::ErrorResp),
+    Relation(pb::Relation),
+    /// Left to a [`TxnReader`], which reassembles transactions across frames.
+    OpLog,
+    SnapshotRows(pb::SnapshotRows),
+    SnapshotEnd(pb::SnapshotEnd),
+    Other(u8),
 }
 
 /// A raw TCP protocol client (length-prefixed frames), written from the

@@ -2,10 +2,10 @@
 //! reader on the same Postgres, in the same run.
 //!
 //! Commits single-row transactions at a steady rate (default 2,000 measured
-//! after 100 warm-up, at 200/s). Three readers, each on its own thread with
-//! its own runtime, stamp a transaction with the local clock when they have
-//! it whole, and subtract its commit timestamp (Postgres' clock: same
-//! machine, same clock):
+//! after 100 warm-up, at 200/s). Two readers, each on its own thread with
+//! its own runtime — the direct one and one of pgsat's — stamp a
+//! transaction with the local clock when they have it whole, and subtract
+//! its commit timestamp (Postgres' clock: same machine, same clock):
 //!
 //! - direct: pgoutput from its own slot, stamped at the Commit message;
 //! - pgsat protocol reader (default): the like of it on pgsat's protocol —
@@ -13,12 +13,11 @@
 //! - pgsat Rust client (`READER=client`): `Event::Transaction` from
 //!   `pgsat::client::Client`, which also builds typed rows and events.
 //!
-//! Two readers per run, the direct one and one of pgsat's (a third reader
-//! on two cores slows everyone). Prints p50/p90/p99/max of both and the
-//! ratios; the targets (p50 ≤ 1.3×, p99 ≤ 1.5×) measure the server, so the
-//! default pgsat reader does what the direct reader does; the Rust client's
-//! own work (≈ 10 µs of CPU per transaction more, measured with perf stat)
-//! is its own line.
+//! One pgsat reader per run: a third reader on two cores slows everyone.
+//! Prints p50/p90/p99/max of both and the ratios; the targets (p50 ≤ 1.3×,
+//! p99 ≤ 1.5×) measure the server, so the default pgsat reader does what
+//! the direct reader does; the Rust client's own work (≈ 10 µs of CPU per
+//! transaction more, measured with perf stat) is its own run.
 //!
 //! Run: `cargo bench --bench latency` (TXNS=…, RATE=… to change,
 //! READER=client for the Rust client).

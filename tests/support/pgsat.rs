@@ -288,8 +288,9 @@ pub enum Decoded {
     Other(u8),
 }
 
-/// A raw TCP protocol client (length-prefixed frames), written from the
-/// contract rather than from the server's codec.
+/// A raw protocol client, written from the contract rather than from the
+/// server's codec: length-prefixed frames over TCP, or one binary message
+/// per frame over WebSocket ([`RawClient::connect_ws`]).
 pub struct RawClient {
     conn: Conn,
     buf: BytesMut,
@@ -363,15 +364,18 @@ impl RawClient {
 
     pub async fn send_raw(&mut self, ty: u8, body: &[u8]) {
         let mut out = BytesMut::with_capacity(5 + body.len());
-        if let Conn::Tcp(stream) = &mut self.conn {
+        if matches!(self.conn, Conn::Tcp(_)) {
             out.put_u32(1 + body.len() as u32);
-            out.put_u8(ty);
-            out.put_slice(body);
-            stream.write_all(&out).await.expect("write");
-        } else {
-            out.put_u8(ty);
-            out.put_slice(body);
-            self.send_bytes(&out).await;
+        }
+        out.put_u8(ty);
+        out.put_slice(body);
+        match &mut self.conn {
+            Conn::Tcp(stream) => stream.write_all(&out).await.expect("write"),
+            Conn::Ws(ws) => {
+                use futures::SinkExt;
+                let msg = tokio_tungstenite::tungstenite::Message::Binary(out.freeze());
+                ws.send(msg).await.expect("WebSocket send");
+            }
         }
     }
 

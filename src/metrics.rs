@@ -370,23 +370,23 @@ impl Metrics {
             .map(|r| auth.get_metric_with_label_values(&[r.label(), r.reason()]))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let session_lag_bytes = Histogram::with_opts(
-            HistogramOpts::new(
-                "pgsat_session_lag_bytes",
-                "Per-session distance in WAL bytes between the newest transaction and what the session was sent.",
-            )
-            // 1 KiB, 4 KiB, … 1 GiB.
-            .buckets(prometheus::exponential_buckets(1024.0, 4.0, 11)?),
+        // Distances in WAL bytes: 1 KiB, 4 KiB, … 1 GiB.
+        let lag_histogram = |name: &str, help: &str| -> Result<Histogram, prometheus::Error> {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help)
+                    .buckets(prometheus::exponential_buckets(1024.0, 4.0, 11)?),
+            )?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let session_lag_bytes = lag_histogram(
+            "pgsat_session_lag_bytes",
+            "Per-session distance in WAL bytes between the newest transaction and what the session was sent.",
         )?;
-        registry.register(Box::new(session_lag_bytes.clone()))?;
-        let client_ack_lag_bytes = Histogram::with_opts(
-            HistogramOpts::new(
-                "pgsat_client_ack_lag_bytes",
-                "At each AckReq, the distance in WAL bytes between the newest transaction and what the client durably applied.",
-            )
-            .buckets(prometheus::exponential_buckets(1024.0, 4.0, 11)?),
+        let client_ack_lag_bytes = lag_histogram(
+            "pgsat_client_ack_lag_bytes",
+            "At each AckReq, the distance in WAL bytes between the newest transaction and what the client durably applied.",
         )?;
-        registry.register(Box::new(client_ack_lag_bytes.clone()))?;
 
         Ok(Metrics {
             build_info,

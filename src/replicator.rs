@@ -159,6 +159,12 @@ impl Replicator {
                             let committed = matches!(step, Step::Committed(_));
                             self.apply(step)?;
                             if committed {
+                                // The socket buffer may hold a long backlog,
+                                // all of it readable without waiting: yield
+                                // after at most 128 transactions (the task's budget)
+                                // so the router and the sessions serve the
+                                // ones appended so far.
+                                tokio::task::coop::consume_budget().await;
                                 // Backpressure from a slow or full disk (resolves
                                 // at once when there is room): keep answering
                                 // Postgres while the writer catches up.

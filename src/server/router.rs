@@ -310,6 +310,12 @@ impl Router {
 
     async fn run(self: Arc<Self>, mut cursor: Cursor) {
         loop {
+            // Entries in the cache are yielded without waiting: behind by
+            // a burst, one poll would route all of it while the sessions
+            // it fills (and the replication reader, when they share a
+            // worker) wait. One unit of the task's budget per entry: it
+            // yields after at most 128.
+            tokio::task::coop::consume_budget().await;
             match cursor.next().await {
                 Ok(entry) => {
                     let next = cursor.next_index();

@@ -16,7 +16,7 @@ use pgsat::protocol::pb::trans_op::Op;
 use prost::Message;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use support::pgsat::{cell, Decoded, Pgsat, RawClient, RawFrame, Txn, TxnReader};
+use support::pgsat::{cell, run_to_exit, Decoded, Pgsat, RawClient, RawFrame, Txn, TxnReader};
 use support::{wait_until, PgServer};
 
 const T: Duration = Duration::from_secs(15);
@@ -524,41 +524,6 @@ async fn view_id_and_resync() {
         .expect_err("rules changed");
     assert_eq!(e.code, pb::ErrorCode::ResyncRequired as i32);
     drop(dir);
-}
-
-fn run_to_exit(pg: &PgServer, data: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsat"));
-    cmd.arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", pg.url())
-        .env("AUTH_MODE", "insecure")
-        .env("DATA_DIR", data.display().to_string())
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("WS_LISTEN_ADDR", "127.0.0.1:0")
-        .env("HTTP_LISTEN_ADDR", "127.0.0.1:0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            return (st.code(), err);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("pgsat did not exit on a bad rules file");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Bad rules stop start-up with exit code 2 and one line naming the file,

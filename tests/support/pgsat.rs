@@ -629,3 +629,41 @@ pub fn cell(row: &pb::Row, i: usize) -> Option<String> {
         Some(String::from_utf8(row.values[i].to_vec()).expect("utf8"))
     }
 }
+
+/// Runs `pgsat serve` (insecure auth, ports picked by the OS) with `env`
+/// on top until it exits on its own: its exit code and stderr.
+#[allow(dead_code)]
+pub fn run_to_exit(pg: &PgServer, data: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsat"));
+    cmd.arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", pg.url())
+        .env("AUTH_MODE", "insecure")
+        .env("DATA_DIR", data.display().to_string())
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("WS_LISTEN_ADDR", "127.0.0.1:0")
+        .env("HTTP_LISTEN_ADDR", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            return (st.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pgsat did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -70,6 +70,8 @@ pub struct Config {
     pub server_id: String,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// TLS on both client listeners (both variables set).
+    pub tls: Option<TlsFiles>,
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -132,6 +134,14 @@ impl Config {
     }
 }
 
+/// `TLS_CERT_FILE` and `TLS_KEY_FILE`: PEM files (loaded and checked
+/// against each other by `server::tls` at start).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
 /// A configuration value that stops start-up. `Display` is one line: the
 /// variable, then what is wrong with it (never a secret).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -192,6 +202,9 @@ pub fn known_variables() -> &'static [&'static str] {
         "SERVER_ID",
         "LOG_LEVEL",
         "LOG_FORMAT",
+        // pgsat's extensions of interface.md.
+        "TLS_CERT_FILE",
+        "TLS_KEY_FILE",
     ]
 }
 
@@ -322,14 +335,15 @@ impl Config {
         let users_id_column = env.required("AUTH_USERS_ID_COLUMN", "id", |s| {
             values::check_identifier(s).map(|()| s.to_string())
         })?;
-        let rules_file = env.parse("RULES_FILE", None, |s| {
+        let file = |s: &str| {
             let path = PathBuf::from(s);
             if path.is_file() {
                 Ok(path)
             } else {
                 Err(format!("{s:?} does not exist or is not a file"))
             }
-        })?;
+        };
+        let rules_file = env.parse("RULES_FILE", None, file)?;
         let auth_timeout = env.duration("AUTH_TIMEOUT", "5s", false)?;
         let refresh_grace = env.duration("AUTH_REFRESH_GRACE", "30s", true)?;
 
@@ -384,6 +398,27 @@ impl Config {
             "json" => Ok(LogFormat::Json),
             other => Err(format!("{other:?} is not text or json")),
         })?;
+
+        let tls_cert = env.parse("TLS_CERT_FILE", None, file)?;
+        let tls_key = env.parse("TLS_KEY_FILE", None, file)?;
+        let tls =
+            match (tls_cert, tls_key) {
+                (Some(cert_file), Some(key_file)) => Some(TlsFiles {
+                    cert_file,
+                    key_file,
+                }),
+                (None, None) => None,
+                (Some(_), None) => return Err(ConfigError::new(
+                    "TLS_KEY_FILE",
+                    "is required when TLS_CERT_FILE is set (the certificate's private key, PEM)",
+                )),
+                (None, Some(_)) => {
+                    return Err(ConfigError::new(
+                        "TLS_CERT_FILE",
+                        "is required when TLS_KEY_FILE is set (the certificate chain, PEM)",
+                    ))
+                }
+            };
 
         let database_url = database_url.ok_or_else(|| {
             ConfigError::new(
@@ -453,6 +488,7 @@ impl Config {
             server_id,
             log_level,
             log_format,
+            tls,
         })
     }
 }
@@ -773,6 +809,6 @@ mod tests {
         let mut known: Vec<String> = known_variables().iter().map(|s| s.to_string()).collect();
         known.sort();
         assert_eq!(asked, known);
-        assert_eq!(known.len(), 29);
+        assert_eq!(known.len(), 31);
     }
 }

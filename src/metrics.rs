@@ -36,6 +36,7 @@
 //! | `pgsat_read_rules_enabled` | gauge | 1 when RULES_FILE is loaded |
 //! | `pgsat_routed_sessions` | gauge | filtered sessions at the live end, woken only for transactions they may read |
 //! | `pgsat_router_evictions_total` | counter | routed sessions sent back to reading the log themselves because they fell behind |
+//! | `pgsat_tls_handshake_failures_total` | counter | client connections dropped because their TLS handshake failed or took longer than AUTH_TIMEOUT (TLS_CERT_FILE set) |
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -264,6 +265,7 @@ pub struct Metrics {
     pub read_rules_enabled: IntGauge,
     pub routed_sessions: IntGauge,
     pub router_evictions: IntCounter,
+    pub tls_handshake_failures: IntCounter,
 }
 
 /// Every `ErrorCode` value, in number order.
@@ -485,6 +487,10 @@ impl Metrics {
             router_evictions: counter(
                 "pgsat_router_evictions_total",
                 "Routed sessions sent back to reading the log themselves because they fell behind.",
+            )?,
+            tls_handshake_failures: counter(
+                "pgsat_tls_handshake_failures_total",
+                "Client connections dropped because their TLS handshake failed or timed out.",
             )?,
             registry,
         })

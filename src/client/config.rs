@@ -83,8 +83,12 @@ impl Backoff {
 /// Configuration of a [`Client`](super::Client).
 #[derive(Clone)]
 pub struct ClientConfig {
-    /// `tcp://host:port` or `ws://host:port/ws`.
+    /// `tcp://host:port`, `ws://host:port/ws`, or in TLS `tls://host:port`,
+    /// `wss://host:port/ws`.
     pub url: String,
+    /// For `tls://` and `wss://`: a PEM file of the CA certificates to
+    /// trust; `None`: the system's.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     pub token: Arc<dyn TokenSource>,
     /// Start after this commit LSN (0: from the server's current head, or
     /// with `snapshot`, from a snapshot).
@@ -118,6 +122,7 @@ impl ClientConfig {
     pub fn new(url: impl Into<String>, token: Arc<dyn TokenSource>) -> Self {
         ClientConfig {
             url: url.into(),
+            tls_ca_file: None,
             token,
             from_lsn: 0,
             tables: Vec::new(),

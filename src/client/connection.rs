@@ -1,4 +1,5 @@
-//! One connection to a pgsat server, TCP or WebSocket, behind one interface:
+//! One connection to a pgsat server, TCP or WebSocket (each optionally in
+//! TLS: `tls://`, `wss://`), behind one interface:
 //! send a [`ClientMessage`], receive a [`ServerMessage`].
 //!
 //! Invariant: nothing else in the client touches bytes on the wire; a TCP
@@ -33,13 +34,14 @@ pub trait Connector: Send + Sync {
 /// Where a URL points.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
-    /// `tcp://host:port`
-    Tcp { host: String, port: u16 },
-    /// `ws://host:port/path`
+    /// `tcp://host:port`, or `tls://host:port` (`tls`: the frames inside TLS)
+    Tcp { host: String, port: u16, tls: bool },
+    /// `ws://host:port/path`, or `wss://host:port/path`
     Ws {
         host: String,
         port: u16,
         url: String,
+        tls: bool,
     },
 }
 
@@ -57,24 +59,40 @@ impl Endpoint {
             .trim_end_matches(']')
             .to_owned();
         match u.scheme() {
-            "tcp" => {
-                let port = u.port().ok_or_else(|| bad("tcp:// needs a port"))?;
-                Ok(Endpoint::Tcp { host, port })
+            scheme @ ("tcp" | "tls") => {
+                let port = u
+                    .port()
+                    .ok_or_else(|| bad(&format!("{scheme}:// needs a port")))?;
+                Ok(Endpoint::Tcp {
+                    host,
+                    port,
+                    tls: scheme == "tls",
+                })
             }
-            "ws" => {
-                let port = u.port_or_known_default().unwrap_or(80);
+            scheme @ ("ws" | "wss") => {
+                let port =
+                    u.port_or_known_default()
+                        .unwrap_or(if scheme == "wss" { 443 } else { 80 });
                 Ok(Endpoint::Ws {
                     host,
                     port,
                     url: url.to_owned(),
+                    tls: scheme == "wss",
                 })
             }
-            "wss" => Err(bad(
-                "wss:// is not supported; put a TLS-terminating proxy in front or use ws://",
-            )),
             other => Err(bad(&format!(
-                "scheme {other:?} is not supported; use tcp://host:port or ws://host:port/ws"
+                "scheme {other:?} is not supported; use tcp://host:port, tls://host:port, \
+                 ws://host:port/ws or wss://host:port/ws"
             ))),
+        }
+    }
+
+    fn host_port_tls(&self) -> (&str, u16, bool) {
+        match self {
+            Endpoint::Tcp { host, port, tls }
+            | Endpoint::Ws {
+                host, port, tls, ..
+            } => (host, *port, *tls),
         }
     }
 }
@@ -83,21 +101,59 @@ impl Endpoint {
 pub struct UrlConnector {
     pub endpoint: Endpoint,
     pub max_frame: u32,
+    /// For `tls://` and `wss://` (see [`UrlConnector::new`]).
+    pub tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl UrlConnector {
+    /// A connector for `url`; for `tls://` and `wss://` trusting the roots
+    /// of `ca_file`, else the system's.
+    pub fn new(
+        url: &str,
+        max_frame: u32,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<UrlConnector, ClientError> {
+        let endpoint = Endpoint::parse(url)?;
+        let tls = if endpoint.host_port_tls().2 {
+            Some(super::tls::connector(ca_file)?)
+        } else {
+            None
+        };
+        Ok(UrlConnector {
+            endpoint,
+            max_frame,
+            tls,
+        })
+    }
 }
 
 impl Connector for UrlConnector {
     fn connect(&self) -> BoxFuture<'_, Result<Connection, ClientError>> {
         Box::pin(async move {
-            let (host, port) = match &self.endpoint {
-                Endpoint::Tcp { host, port } | Endpoint::Ws { host, port, .. } => (host, *port),
-            };
-            let stream = TcpStream::connect((host.as_str(), port)).await?;
+            let (host, port, tls) = self.endpoint.host_port_tls();
+            let stream = TcpStream::connect((host, port)).await?;
             stream.set_nodelay(true)?;
-            match &self.endpoint {
-                Endpoint::Tcp { .. } => Ok(Connection::tcp(stream, self.max_frame)),
-                Endpoint::Ws { url, .. } => Connection::ws(stream, url, self.max_frame).await,
+            match (&self.tls, tls) {
+                (Some(connector), true) => {
+                    let stream = super::tls::handshake(connector, host, stream).await?;
+                    self.over(stream).await
+                }
+                (None, true) => Err(ClientError::Tls(
+                    "a tls:// or wss:// URL needs a connector made by UrlConnector::new".into(),
+                )),
+                (_, false) => self.over(stream).await,
             }
         })
+    }
+}
+
+impl UrlConnector {
+    /// The endpoint's framing over a connected byte stream.
+    async fn over(&self, io: impl Io + 'static) -> Result<Connection, ClientError> {
+        match &self.endpoint {
+            Endpoint::Tcp { .. } => Ok(Connection::tcp(io, self.max_frame)),
+            Endpoint::Ws { url, .. } => Connection::ws(io, url, self.max_frame).await,
+        }
     }
 }
 
@@ -201,7 +257,16 @@ mod tests {
             Endpoint::parse("tcp://127.0.0.1:5133").unwrap(),
             Endpoint::Tcp {
                 host: "127.0.0.1".into(),
-                port: 5133
+                port: 5133,
+                tls: false,
+            }
+        );
+        assert_eq!(
+            Endpoint::parse("tls://db.example:5133").unwrap(),
+            Endpoint::Tcp {
+                host: "db.example".into(),
+                port: 5133,
+                tls: true,
             }
         );
         assert_eq!(
@@ -209,19 +274,47 @@ mod tests {
             Endpoint::Ws {
                 host: "localhost".into(),
                 port: 5134,
-                url: "ws://localhost:5134/ws".into()
+                url: "ws://localhost:5134/ws".into(),
+                tls: false,
+            }
+        );
+        assert_eq!(
+            Endpoint::parse("wss://sync.example/ws").unwrap(),
+            Endpoint::Ws {
+                host: "sync.example".into(),
+                port: 443,
+                url: "wss://sync.example/ws".into(),
+                tls: true,
             }
         );
         assert_eq!(
             Endpoint::parse("tcp://[::1]:1").unwrap(),
             Endpoint::Tcp {
                 host: "::1".into(),
-                port: 1
+                port: 1,
+                tls: false,
             }
         );
-        for bad in ["tcp://host", "http://h:1", "wss://h:1/ws", "nonsense", ""] {
+        for bad in ["tcp://host", "tls://host", "http://h:1", "nonsense", ""] {
             let e = Endpoint::parse(bad).unwrap_err();
             assert!(matches!(e, ClientError::InvalidUrl { .. }), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_a_tls_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not pem").unwrap();
+        for ca in [&missing, &junk] {
+            let e = UrlConnector::new("tls://h:1", 1024, Some(ca))
+                .err()
+                .unwrap();
+            assert!(matches!(e, ClientError::Tls(_)), "{}: {e}", ca.display());
+            assert!(!e.is_retryable());
+        }
+        // Plain URLs never read the CA file.
+        assert!(UrlConnector::new("tcp://h:1", 1024, Some(&missing)).is_ok());
     }
 }

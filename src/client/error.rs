@@ -13,6 +13,10 @@ pub enum ClientError {
     InvalidUrl { url: String, reason: String },
     #[error("connection: {0}")]
     Transport(String),
+    /// The server's certificate failed the check, or the TLS settings are
+    /// unusable (final: retrying cannot fix a certificate).
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("connection closed by the server")]
     Closed,
     #[error("timed out: {0}")]

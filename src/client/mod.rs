@@ -26,6 +26,7 @@ pub mod error;
 pub mod event;
 pub mod session;
 pub mod tail;
+pub mod tls;
 
 #[cfg(test)]
 mod tests;

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::{sleep, timeout, Instant, Sleep};
 
 use super::config::ClientConfig;
-use super::connection::{Connection, Connector, Endpoint, UrlConnector};
+use super::connection::{Connection, Connector, UrlConnector};
 use super::error::ClientError;
 use super::event::{Assembler, Event};
 use crate::protocol::pb::{self, ErrorCode};
@@ -108,10 +108,8 @@ impl Client {
     /// Connects to `config.url`, authenticates and starts replication
     /// (retrying as `config.reconnect` says).
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
-        let connector = UrlConnector {
-            endpoint: Endpoint::parse(&config.url)?,
-            max_frame: config.max_frame,
-        };
+        let connector =
+            UrlConnector::new(&config.url, config.max_frame, config.tls_ca_file.as_deref())?;
         Self::connect_with(config, Arc::new(connector)).await
     }
 

@@ -31,9 +31,14 @@ use crate::protocol::pb::ErrorCode;
 /// Arguments of `pgsat tail`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct TailArgs {
-    /// `tcp://host:port` or `ws://host:port/ws`
+    /// `tcp://host:port` or `ws://host:port/ws`; in TLS `tls://host:port`
+    /// or `wss://host:port/ws`
     #[arg(long)]
     pub url: String,
+    /// For tls:// and wss://: a PEM file of the CA certificates to trust
+    /// (default: the system's).
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// A JWT accepted by the server.
     #[arg(long)]
     pub token: String,
@@ -183,6 +188,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     config.from_lsn = args.from_lsn;
     config.tables = args.tables.clone();
     config.snapshot = args.snapshot;
+    config.tls_ca_file = args.ca_file.clone();
     let mut stdout = std::io::stdout();
     tokio::select! {
         r = tail_loop(config, args.snapshot, &mut stdout) => r,

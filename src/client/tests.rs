@@ -817,6 +817,7 @@ fn client_futures_are_send(c: &mut Client, cfg: ClientConfig) {
     send(&Client::connect(cfg));
     send(&tail::run(tail::TailArgs {
         url: String::new(),
+        ca_file: None,
         token: String::new(),
         from_lsn: 0,
         tables: vec![],

@@ -3,9 +3,12 @@
 //!
 //! Invariant: at most `MAX_CONNECTIONS` sessions exist at once (one semaphore
 //! shared by both listeners); after shutdown starts no connection is accepted.
+//! With TLS configured every connection of both listeners is TLS: the
+//! handshake runs in the connection's own task, within `AUTH_TIMEOUT`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -14,6 +17,7 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::task::TaskTracker;
 
+use super::transport::ClientIo;
 use super::{session, transport, ServerCtx};
 use crate::protocol::frame::encode_frame;
 use crate::protocol::msg_type::MsgType;
@@ -55,6 +59,11 @@ pub async fn accept_loop(
         let ctx = ctx.clone();
         tasks.spawn(async move {
             let _permit = permit;
+            let Some(stream) =
+                tls_handshake(&ctx, stream, peer, ctx.config.auth.auth_timeout).await
+            else {
+                return;
+            };
             match kind {
                 Kind::Tcp => {
                     let (r, w) = transport::tcp(stream, ctx.config.max_frame_bytes);
@@ -86,6 +95,9 @@ async fn refuse(ctx: Arc<ServerCtx>, stream: TcpStream, peer: SocketAddr, kind: 
         },
     );
     let send = async {
+        let Some(stream) = tls_handshake(&ctx, stream, peer, REFUSE_WITHIN).await else {
+            return;
+        };
         match kind {
             Kind::Tcp => {
                 let mut stream = stream;
@@ -102,12 +114,44 @@ async fn refuse(ctx: Arc<ServerCtx>, stream: TcpStream, peer: SocketAddr, kind: 
             }
         }
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send).await;
+    let _ = tokio::time::timeout(REFUSE_WITHIN, send).await;
+}
+
+/// Most time spent on refusing a connection over the limit.
+const REFUSE_WITHIN: Duration = Duration::from_secs(1);
+
+/// With `TLS_CERT_FILE` set, the TLS handshake (within `within`); else the
+/// plain stream. `None`: the handshake failed or took too long (counted in
+/// `pgsat_tls_handshake_failures_total`); the connection is dropped.
+async fn tls_handshake(
+    ctx: &ServerCtx,
+    stream: TcpStream,
+    peer: SocketAddr,
+    within: Duration,
+) -> Option<ClientIo> {
+    let Some(acceptor) = &ctx.tls else {
+        return Some(ClientIo::Plain(stream));
+    };
+    let failed = |reason: &str| {
+        ctx.metrics.tls_handshake_failures.inc();
+        tracing::debug!(peer = %peer, reason, "TLS handshake failed");
+    };
+    match tokio::time::timeout(within, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(ClientIo::Tls(Box::new(tls))),
+        Ok(Err(e)) => {
+            failed(&e.to_string());
+            None
+        }
+        Err(_) => {
+            failed("timed out");
+            None
+        }
+    }
 }
 
 async fn ws_handshake(
     ctx: &ServerCtx,
-    stream: TcpStream,
+    stream: ClientIo,
     peer: SocketAddr,
 ) -> Option<(transport::Reader, transport::Writer)> {
     let max = ctx.config.max_frame_bytes as usize;

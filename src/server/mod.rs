@@ -16,6 +16,7 @@ pub mod registry;
 pub mod router;
 pub mod session;
 pub mod snapshot_phase;
+pub mod tls;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -59,6 +60,8 @@ pub struct ServerCtx {
     pub published: Published,
     /// Ordinary connections to the database (snapshots), from DATABASE_URL.
     pub sql: SqlConfig,
+    /// TLS on both listeners (`TLS_CERT_FILE`, `TLS_KEY_FILE`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// The addresses a running server listens on (useful when configured with
@@ -114,6 +117,12 @@ pub async fn run_until(
         tracing::warn!("AUTH_MODE=insecure: token signatures are NOT verified; any client can claim any user_id. Development only: never expose this server to untrusted clients.");
         metrics.auth_insecure_mode.set(1);
     }
+    // Before anything is created in the database: a bad file is a
+    // configuration error.
+    let tls = match &config.tls {
+        Some(files) => Some(tls::acceptor(&files.cert_file, &files.key_file)?),
+        None => None,
+    };
 
     // The HTTP endpoint first, so /healthz answers and /readyz says 503
     // during start-up.
@@ -243,6 +252,7 @@ pub async fn run_until(
         router: router::Router::new(log.clone(), filter_cache, metrics.clone()),
         published: Published::new(params.clone(), config.publication.clone()),
         sql,
+        tls,
     });
     let tcp = TcpListener::bind(config.listen_addr)
         .await

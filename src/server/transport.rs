@@ -15,7 +15,7 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, Bytes};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{Sink, StreamExt};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -65,38 +65,142 @@ pub enum Incoming {
     Closed,
 }
 
+/// TLS over a client's TCP connection (`TLS_CERT_FILE`, see `server::tls`).
+pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// A client connection's bytes: TCP, or TLS over it.
+pub enum ClientIo {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+/// The reading half of a TCP-listener connection.
+pub enum ReadHalf {
+    Plain(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<Box<TlsStream>>),
+}
+
+/// The writing half of a TCP-listener connection.
+pub enum WriteHalf {
+    Plain(OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<Box<TlsStream>>),
+}
+
+/// The same call on whichever stream a value holds.
+macro_rules! either {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Self::Plain($s) => $e,
+            Self::Tls($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        either!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        either!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+macro_rules! delegate_write {
+    () => {
+        fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            either!(self, s => Pin::new(s).poll_write(cx, buf))
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            either!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            match self {
+                Self::Plain(s) => s.is_write_vectored(),
+                Self::Tls(s) => s.is_write_vectored(),
+            }
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            either!(self, s => Pin::new(s).poll_flush(cx))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            either!(self, s => Pin::new(s).poll_shutdown(cx))
+        }
+    };
+}
+
+impl AsyncWrite for ClientIo {
+    delegate_write!();
+}
+
+impl AsyncWrite for WriteHalf {
+    delegate_write!();
+}
+
 pub enum Reader {
-    Tcp(FramedRead<OwnedReadHalf, FrameDecoder>),
-    Ws(SplitStream<WebSocketStream<TcpStream>>),
+    Tcp(FramedRead<ReadHalf, FrameDecoder>),
+    Ws(SplitStream<WebSocketStream<ClientIo>>),
 }
 
 pub enum Writer {
     Tcp {
-        half: OwnedWriteHalf,
+        half: WriteHalf,
         /// Part of the front frame already written.
         written: usize,
+        /// Bytes handed to TLS and not yet on the socket: the queue can be
+        /// empty while they wait (never set on a plain connection, whose
+        /// flush is immediate).
+        unflushed: bool,
     },
     Ws {
-        sink: SplitSink<WebSocketStream<TcpStream>, Message>,
+        sink: SplitSink<WebSocketStream<ClientIo>, Message>,
         /// Messages handed to the sink and not yet flushed to the socket:
         /// the queue can be empty while the last of them still wait.
         unflushed: bool,
     },
 }
 
-pub fn tcp(stream: TcpStream, max_frame: u32) -> (Reader, Writer) {
-    let (r, w) = stream.into_split();
+pub fn tcp(stream: ClientIo, max_frame: u32) -> (Reader, Writer) {
+    let (r, w) = match stream {
+        ClientIo::Plain(s) => {
+            let (r, w) = s.into_split();
+            (ReadHalf::Plain(r), WriteHalf::Plain(w))
+        }
+        ClientIo::Tls(s) => {
+            let (r, w) = tokio::io::split(s);
+            (ReadHalf::Tls(r), WriteHalf::Tls(w))
+        }
+    };
     let reader = FramedRead::with_capacity(r, FrameDecoder::new(max_frame), TCP_READ_BUFFER);
     (
         Reader::Tcp(reader),
         Writer::Tcp {
             half: w,
             written: 0,
+            unflushed: false,
         },
     )
 }
 
-pub fn ws(stream: WebSocketStream<TcpStream>) -> (Reader, Writer) {
+pub fn ws(stream: WebSocketStream<ClientIo>) -> (Reader, Writer) {
     let (sink, stream) = stream.split();
     (
         Reader::Ws(stream),
@@ -172,6 +276,9 @@ impl Writer {
                 Writer::Ws {
                     unflushed: true,
                     ..
+                } | Writer::Tcp {
+                    unflushed: true,
+                    ..
                 }
             )
     }
@@ -193,7 +300,11 @@ impl Writer {
 
     fn poll_drain(&mut self, cx: &mut Context<'_>, queue: &mut OutQueue) -> Poll<io::Result<()>> {
         match self {
-            Writer::Tcp { half, written } => {
+            Writer::Tcp {
+                half,
+                written,
+                unflushed,
+            } => {
                 while !queue.frames.is_empty() {
                     // Gather several queued frames into one syscall.
                     let mut slices = [io::IoSlice::new(&[]); 16];
@@ -208,6 +319,7 @@ impl Writer {
                         return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                     }
                     queue.bytes -= wrote;
+                    *unflushed = true;
                     let mut left = wrote;
                     while left > 0 {
                         let Some(f) = queue.frames.front() else { break };
@@ -222,7 +334,9 @@ impl Writer {
                         }
                     }
                 }
-                Pin::new(&mut *half).poll_flush(cx)
+                ready!(Pin::new(&mut *half).poll_flush(cx))?;
+                *unflushed = false;
+                Poll::Ready(Ok(()))
             }
             Writer::Ws { sink, unflushed } => {
                 while !queue.frames.is_empty() {
@@ -293,7 +407,9 @@ mod tests {
             .0
         });
         let (tcp, _) = listener.accept().await.unwrap();
-        let server = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let server = tokio_tungstenite::accept_async(ClientIo::Plain(tcp))
+            .await
+            .unwrap();
         let (_, writer) = ws(server);
         (writer, client.await.unwrap())
     }

@@ -1,0 +1,304 @@
+//! TLS on pgsat's own listeners (`TLS_CERT_FILE`, `TLS_KEY_FILE`): the Rust
+//! client over `tls://` and `wss://` against the real server, what a plain
+//! or wrongly trusting client gets, certificate rotation without a restart,
+//! and the start-up errors.
+//!
+//! Certificates are made per test with rcgen: a CA, and a server certificate
+//! it signed for the name `localhost` only (so `127.0.0.1` is the wrong name).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pgsat::client::{Client, ClientConfig, ClientError, Event};
+use pgsat::protocol::pb;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use support::pgsat::{insecure_token, run_to_exit, Pgsat};
+use support::PgServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(15);
+
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("CA key");
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
+        }
+    }
+
+    /// Writes the CA certificate to `dir/name`.
+    fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, self.issuer.as_ref().pem()).expect("write CA");
+        path
+    }
+
+    /// A server certificate for `localhost` and its key, both PEM.
+    fn server_cert(&self) -> (String, String) {
+        let params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        let key = KeyPair::generate().expect("server key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("server certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A database with a users row for alice and a table to change.
+fn database() -> PgServer {
+    let pg = PgServer::start();
+    pg.execute("CREATE TABLE users (id text PRIMARY KEY); INSERT INTO users VALUES ('alice')");
+    pg.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text)");
+    pg
+}
+
+fn client_config(url: String, ca: &Path) -> ClientConfig {
+    let mut c = ClientConfig::with_token(url, insecure_token("alice", 3600));
+    c.tls_ca_file = Some(ca.to_path_buf());
+    c.handshake_timeout = Duration::from_secs(5);
+    c.reconnect.max_retries = Some(0);
+    c
+}
+
+/// Connects, commits one row and waits for its transaction.
+async fn receives_a_transaction(pg: &PgServer, config: ClientConfig, body: &str) {
+    let mut c = tokio::time::timeout(T, Client::connect(config))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    pg.execute(&format!("INSERT INTO notes (body) VALUES ('{body}')"));
+    let deadline = Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = tokio::time::timeout(left, c.next_event())
+            .await
+            .expect("a transaction in time")
+            .expect("event");
+        if let Event::Transaction(t) = ev {
+            let text = format!("{:?}", t.changes);
+            if text.contains(body) {
+                return;
+            }
+        }
+    }
+}
+
+/// The error a connection attempt ends with.
+async fn connect_error(config: ClientConfig) -> ClientError {
+    match tokio::time::timeout(T, Client::connect(config))
+        .await
+        .expect("an answer in time")
+    {
+        Ok(_) => panic!("connected, but should not have"),
+        Err(e) => e,
+    }
+}
+
+fn is_tls_error(e: &ClientError) -> bool {
+    match e {
+        ClientError::Tls(_) => true,
+        ClientError::RetriesExhausted { last, .. } => is_tls_error(last),
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_on_both_listeners_and_nothing_in_clear_text() {
+    let pg = database();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("pgsat test CA");
+    let (cert, key) = ca.server_cert();
+    let cert_file = dir.path().join("server.crt");
+    let key_file = dir.path().join("server.key");
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let other_ca = Ca::new("someone else").write(dir.path(), "other-ca.pem");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let p = Pgsat::start(
+        &pg,
+        &data,
+        &[
+            ("TLS_CERT_FILE", cert_file.to_str().unwrap()),
+            ("TLS_KEY_FILE", key_file.to_str().unwrap()),
+        ],
+    );
+    let tls_url = format!("tls://localhost:{}", p.tcp.port());
+    let wss_url = format!("wss://localhost:{}/ws", p.ws.port());
+
+    receives_a_transaction(&pg, client_config(tls_url.clone(), &ca_file), "over tls").await;
+    receives_a_transaction(&pg, client_config(wss_url.clone(), &ca_file), "over wss").await;
+
+    // A certificate of another CA, or issued for another name: a final TLS
+    // error, not a retried transport error.
+    for (url, ca) in [
+        (tls_url.clone(), &other_ca),
+        (wss_url.clone(), &other_ca),
+        (format!("tls://127.0.0.1:{}", p.tcp.port()), &ca_file),
+    ] {
+        let e = connect_error(client_config(url.clone(), ca)).await;
+        assert!(is_tls_error(&e), "{url}: {e}");
+        assert!(!e.is_retryable(), "{url}: {e}");
+    }
+
+    // A plain client's AuthReq is not a TLS handshake: the connection is
+    // dropped without a protocol answer (at most a TLS alert), on both
+    // listeners.
+    let before = p.metric("pgsat_tls_handshake_failures_total");
+    let auth = pb::AuthReq {
+        token: insecure_token("alice", 3600),
+        ..Default::default()
+    };
+    let frame = pgsat::protocol::encode_frame(pgsat::protocol::MsgType::AuthReq, &auth);
+    for addr in [p.tcp, p.ws] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(&frame).await.expect("write");
+        let mut got = Vec::new();
+        tokio::time::timeout(T, s.read_to_end(&mut got))
+            .await
+            .expect("closed in time")
+            .ok();
+        assert!(
+            got.is_empty() || got[0] == 0x15,
+            "{addr}: a plain client got {got:02x?}"
+        );
+    }
+    let deadline = Instant::now() + T;
+    while p.metric("pgsat_tls_handshake_failures_total") < before + 2.0 {
+        assert!(Instant::now() < deadline, "handshake failures not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A plain WebSocket client fails its upgrade the same way.
+    assert!(
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", p.ws))
+            .await
+            .is_err()
+    );
+
+    // The server still serves TLS clients after all that.
+    receives_a_transaction(&pg, client_config(tls_url, &ca_file), "still served").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_used_without_a_restart() {
+    let pg = database();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old_ca = Ca::new("old CA");
+    let new_ca = Ca::new("new CA");
+    let old_ca_file = old_ca.write(dir.path(), "old-ca.pem");
+    let new_ca_file = new_ca.write(dir.path(), "new-ca.pem");
+    let cert_file = dir.path().join("server.crt");
+    let key_file = dir.path().join("server.key");
+    let (cert, key) = old_ca.server_cert();
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let p = Pgsat::start(
+        &pg,
+        &data,
+        &[
+            ("TLS_CERT_FILE", cert_file.to_str().unwrap()),
+            ("TLS_KEY_FILE", key_file.to_str().unwrap()),
+        ],
+    );
+    let url = format!("tls://localhost:{}", p.tcp.port());
+    receives_a_transaction(&pg, client_config(url.clone(), &old_ca_file), "old").await;
+
+    // A half-done rotation (new certificate, old key) is refused and the
+    // old pair stays in use.
+    let (new_cert, new_key) = new_ca.server_cert();
+    std::fs::write(&cert_file, &new_cert).unwrap();
+    tokio::time::sleep(pgsat::server::tls::RECHECK + Duration::from_millis(500)).await;
+    receives_a_transaction(&pg, client_config(url.clone(), &old_ca_file), "kept").await;
+    assert!(
+        p.output().contains("new TLS certificate not loaded"),
+        "{}",
+        p.output()
+    );
+
+    // The key follows: the new pair is served from the next look on.
+    std::fs::write(&key_file, &new_key).unwrap();
+    let deadline = Instant::now() + pgsat::server::tls::RECHECK * 3;
+    loop {
+        let mut c = client_config(url.clone(), &new_ca_file);
+        c.reconnect.max_retries = Some(0);
+        match tokio::time::timeout(T, Client::connect(c)).await {
+            Ok(Ok(_)) => break,
+            Ok(Err(e)) => assert!(is_tls_error(&e), "{e}"),
+            Err(_) => panic!("no answer"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    receives_a_transaction(&pg, client_config(url.clone(), &new_ca_file), "new").await;
+    let e = connect_error(client_config(url, &old_ca_file)).await;
+    assert!(is_tls_error(&e), "{e}");
+}
+
+#[test]
+fn bad_tls_settings_stop_start_up_naming_the_variable() {
+    let pg = database();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("pgsat test CA");
+    let (cert, key) = ca.server_cert();
+    let (_, other_key) = ca.server_cert();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let cert = write("server.crt", &cert);
+    let key = write("server.key", &key);
+    let other_key = write("other.key", &other_key);
+    let junk = write("junk.pem", "not a certificate\n");
+    let missing = dir.path().join("missing.pem").to_str().unwrap().to_string();
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("TLS_KEY_FILE", vec![("TLS_CERT_FILE", &cert)]),
+        ("TLS_CERT_FILE", vec![("TLS_KEY_FILE", &key)]),
+        (
+            "TLS_CERT_FILE",
+            vec![("TLS_CERT_FILE", &missing), ("TLS_KEY_FILE", &key)],
+        ),
+        (
+            "TLS_CERT_FILE",
+            vec![("TLS_CERT_FILE", &junk), ("TLS_KEY_FILE", &key)],
+        ),
+        (
+            "TLS_KEY_FILE",
+            vec![("TLS_CERT_FILE", &cert), ("TLS_KEY_FILE", &junk)],
+        ),
+        (
+            "TLS_KEY_FILE",
+            vec![("TLS_CERT_FILE", &cert), ("TLS_KEY_FILE", &other_key)],
+        ),
+    ];
+    for (var, env) in cases {
+        let data = tempfile::tempdir().expect("data");
+        let (code, stderr) = run_to_exit(&pg, data.path(), &env);
+        assert_eq!(code, Some(2), "{env:?}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(last.contains(var), "{env:?}: {stderr}");
+        // Nothing was created in the database for a server that never ran.
+        assert_eq!(
+            pg.execute("SELECT count(*) FROM pg_replication_slots")
+                .trim(),
+            "0",
+            "{env:?}"
+        );
+    }
+}

@@ -13,43 +13,11 @@ use std::time::Duration;
 use pgsat::pg::conn::{ConnParams, ReplicationConn};
 use pgsat::pg::sql::SqlConfig;
 use pgsat::pg::PgError;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use support::ca::Ca;
 use support::pgsat::{insecure_token, Pgsat, RawClient, TxnReader};
 use support::PgServer;
 
 const T: Duration = Duration::from_secs(10);
-
-/// A CA: its certificate (PEM) and what signs with it.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().expect("CA key");
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.as_ref().pem()
-    }
-
-    /// A server certificate for `names` and its key, both PEM.
-    fn server_cert(&self, names: &[&str]) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let params = CertificateParams::new(names).expect("server params");
-        let key = KeyPair::generate().expect("server key");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("server certificate");
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// Installs `cert`/`key` in the data dir, turns `ssl` on and lets TCP
 /// connections in only over TLS; reloads the configuration.

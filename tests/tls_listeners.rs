@@ -8,50 +8,17 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pgsat::client::{Client, ClientConfig, ClientError, Event};
 use pgsat::protocol::pb;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use support::ca::Ca;
 use support::pgsat::{insecure_token, run_to_exit, Pgsat};
 use support::PgServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(15);
-
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().expect("CA key");
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
-        }
-    }
-
-    /// Writes the CA certificate to `dir/name`.
-    fn write(&self, dir: &Path, name: &str) -> PathBuf {
-        let path = dir.join(name);
-        std::fs::write(&path, self.issuer.as_ref().pem()).expect("write CA");
-        path
-    }
-
-    /// A server certificate for `localhost` and its key, both PEM.
-    fn server_cert(&self) -> (String, String) {
-        let params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-        let key = KeyPair::generate().expect("server key");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("server certificate");
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// A database with a users row for alice and a table to change.
 fn database() -> PgServer {
@@ -59,6 +26,20 @@ fn database() -> PgServer {
     pg.execute("CREATE TABLE users (id text PRIMARY KEY); INSERT INTO users VALUES ('alice')");
     pg.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text)");
     pg
+}
+
+/// pgsat with TLS from these files, its data in `dir/data`.
+fn start_tls(pg: &PgServer, dir: &Path, cert: &Path, key: &Path) -> Pgsat {
+    let data = dir.join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    Pgsat::start(
+        pg,
+        &data,
+        &[
+            ("TLS_CERT_FILE", cert.to_str().expect("utf-8 path")),
+            ("TLS_KEY_FILE", key.to_str().expect("utf-8 path")),
+        ],
+    )
 }
 
 fn client_config(url: String, ca: &Path) -> ClientConfig {
@@ -116,23 +97,14 @@ async fn tls_on_both_listeners_and_nothing_in_clear_text() {
     let pg = database();
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("pgsat test CA");
-    let (cert, key) = ca.server_cert();
+    let (cert, key) = ca.server_cert(&["localhost"]);
     let cert_file = dir.path().join("server.crt");
     let key_file = dir.path().join("server.key");
     std::fs::write(&cert_file, cert).unwrap();
     std::fs::write(&key_file, key).unwrap();
     let ca_file = ca.write(dir.path(), "ca.pem");
     let other_ca = Ca::new("someone else").write(dir.path(), "other-ca.pem");
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let p = Pgsat::start(
-        &pg,
-        &data,
-        &[
-            ("TLS_CERT_FILE", cert_file.to_str().unwrap()),
-            ("TLS_KEY_FILE", key_file.to_str().unwrap()),
-        ],
-    );
+    let p = start_tls(&pg, dir.path(), &cert_file, &key_file);
     let tls_url = format!("tls://localhost:{}", p.tcp.port());
     let wss_url = format!("wss://localhost:{}/ws", p.ws.port());
 
@@ -200,25 +172,16 @@ async fn a_rotated_certificate_is_used_without_a_restart() {
     let new_ca_file = new_ca.write(dir.path(), "new-ca.pem");
     let cert_file = dir.path().join("server.crt");
     let key_file = dir.path().join("server.key");
-    let (cert, key) = old_ca.server_cert();
+    let (cert, key) = old_ca.server_cert(&["localhost"]);
     std::fs::write(&cert_file, cert).unwrap();
     std::fs::write(&key_file, key).unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let p = Pgsat::start(
-        &pg,
-        &data,
-        &[
-            ("TLS_CERT_FILE", cert_file.to_str().unwrap()),
-            ("TLS_KEY_FILE", key_file.to_str().unwrap()),
-        ],
-    );
+    let p = start_tls(&pg, dir.path(), &cert_file, &key_file);
     let url = format!("tls://localhost:{}", p.tcp.port());
     receives_a_transaction(&pg, client_config(url.clone(), &old_ca_file), "old").await;
 
     // A half-done rotation (new certificate, old key) is refused and the
     // old pair stays in use.
-    let (new_cert, new_key) = new_ca.server_cert();
+    let (new_cert, new_key) = new_ca.server_cert(&["localhost"]);
     std::fs::write(&cert_file, &new_cert).unwrap();
     tokio::time::sleep(pgsat::server::tls::RECHECK + Duration::from_millis(500)).await;
     receives_a_transaction(&pg, client_config(url.clone(), &old_ca_file), "kept").await;
@@ -255,8 +218,8 @@ fn bad_tls_settings_stop_start_up_naming_the_variable() {
     let pg = database();
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("pgsat test CA");
-    let (cert, key) = ca.server_cert();
-    let (_, other_key) = ca.server_cert();
+    let (cert, key) = ca.server_cert(&["localhost"]);
+    let (_, other_key) = ca.server_cert(&["localhost"]);
     let write = |name: &str, text: &str| {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();

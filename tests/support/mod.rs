@@ -18,6 +18,7 @@
 //! panics with psql's stderr when the SQL fails. `try_execute` returns the error.
 #![allow(dead_code)]
 
+pub mod ca;
 pub mod jwks;
 pub mod pgsat;
 

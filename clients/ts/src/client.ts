@@ -29,7 +29,7 @@ export interface WebSocketLike {
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
 export interface PgsatClientOptions {
-  /** WebSocket URL of pgsat, e.g. `ws://localhost:5134/ws`. */
+  /** WebSocket URL of pgsat, e.g. `ws://localhost:5134/ws` (`wss://…` when pgsat has TLS_CERT_FILE, or behind a TLS terminator). */
   url: string;
   /** Returns a valid token (JWT); called on every connect and before the token expires. */
   getToken: () => Promise<string>;

@@ -19,8 +19,12 @@
 //! the direct reader does; the Rust client's own work (≈ 10 µs of CPU per
 //! transaction more, measured with perf stat) is its own run.
 //!
+//! - pgsat Rust client over TLS (`READER=tls`): pgsat started with
+//!   `TLS_CERT_FILE`/`TLS_KEY_FILE` (a throwaway CA and certificate), the
+//!   Rust client on `tls://localhost:…`: compare with `READER=client`.
+//!
 //! Run: `cargo bench --bench latency` (TXNS=…, RATE=… to change,
-//! READER=client for the Rust client).
+//! READER=client for the Rust client, READER=tls for it over TLS).
 
 mod common;
 #[path = "../tests/support/mod.rs"]
@@ -62,11 +66,44 @@ fn main() {
     );
     pg.execute("SELECT pg_create_logical_replication_slot('direct', 'pgoutput')");
     let data_dir = tempfile::tempdir().expect("data dir");
-    let pgsat = common::start_pgsat(&pg, data_dir.path(), None, &[]);
+    let (reader, name) = match std::env::var("READER").as_deref() {
+        Ok("client") => (Reader::Client, "pgsat Rust client"),
+        Ok("tls") => (Reader::Client, "pgsat Rust client, TLS"),
+        Ok("protocol") | Err(_) => (Reader::Protocol, "pgsat protocol reader"),
+        Ok(other) => panic!("READER={other}: protocol, client or tls"),
+    };
+    // READER=tls: a CA, a certificate for localhost, pgsat serving TLS.
+    let tls_dir = tempfile::tempdir().expect("tls dir");
+    let ca_file = tls_dir.path().join("ca.pem");
+    let tls_env = if std::env::var("READER").as_deref() == Ok("tls") {
+        let ca = support::ca::Ca::new("latency bench CA");
+        let (cert, key) = ca.server_cert(&["localhost"]);
+        let (cert_file, key_file) = (
+            tls_dir.path().join("cert.pem"),
+            tls_dir.path().join("key.pem"),
+        );
+        std::fs::write(&cert_file, cert).expect("cert");
+        std::fs::write(&key_file, key).expect("key");
+        ca.write(tls_dir.path(), "ca.pem");
+        vec![
+            ("TLS_CERT_FILE", cert_file.display().to_string()),
+            ("TLS_KEY_FILE", key_file.display().to_string()),
+        ]
+    } else {
+        Vec::new()
+    };
+    let tls_env: Vec<(&str, &str)> = tls_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let pgsat = common::start_pgsat(&pg, data_dir.path(), None, &tls_env);
+    let client_url = if tls_env.is_empty() {
+        format!("tcp://{}", pgsat.tcp)
+    } else {
+        format!("tls://localhost:{}", pgsat.tcp.port())
+    };
+    let ca = (!tls_env.is_empty()).then(|| ca_file.clone());
 
     // Each reader on its own thread with its own runtime.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let spawn = |reader: Reader, target: String| -> Seen {
+    let spawn = |reader: Reader, target: String, ca: Option<std::path::PathBuf>| -> Seen {
         let seen: Seen = Arc::default();
         let (s, ready) = (seen.clone(), ready_tx.clone());
         std::thread::spawn(move || {
@@ -77,18 +114,17 @@ fn main() {
             match reader {
                 Reader::Direct => rt.block_on(direct_reader(target, s, ready)),
                 Reader::Protocol => rt.block_on(protocol_reader(target, s, ready)),
-                Reader::Client => rt.block_on(client_reader(format!("tcp://{target}"), s, ready)),
+                Reader::Client => rt.block_on(client_reader(target, ca, s, ready)),
             }
         });
         seen
     };
-    let direct = spawn(Reader::Direct, pg.url());
-    let (reader, name) = match std::env::var("READER").as_deref() {
-        Ok("client") => (Reader::Client, "pgsat Rust client"),
-        Ok("protocol") | Err(_) => (Reader::Protocol, "pgsat protocol reader"),
-        Ok(other) => panic!("READER={other}: protocol or client"),
+    let direct = spawn(Reader::Direct, pg.url(), None);
+    let target = match reader {
+        Reader::Client => client_url,
+        _ => pgsat.tcp.to_string(),
     };
-    let via_pgsat = spawn(reader, pgsat.tcp.to_string());
+    let via_pgsat = spawn(reader, target, ca);
     for _ in 0..2 {
         ready_rx
             .recv_timeout(Duration::from_secs(60))
@@ -230,9 +266,15 @@ async fn direct_reader(url: String, seen: Seen, ready: std::sync::mpsc::Sender<(
     }
 }
 
-async fn client_reader(url: String, seen: Seen, ready: std::sync::mpsc::Sender<()>) {
+async fn client_reader(
+    url: String,
+    ca: Option<std::path::PathBuf>,
+    seen: Seen,
+    ready: std::sync::mpsc::Sender<()>,
+) {
     let mut config = ClientConfig::with_token(url, insecure_token("bench", 3600));
     config.from_lsn = 0;
+    config.tls_ca_file = ca;
     let mut client = Client::connect(config).await.expect("pgsat client");
     ready.send(()).ok();
     loop {

@@ -28,7 +28,8 @@ fn database() -> PgServer {
     pg
 }
 
-/// pgsat with TLS from these files, its data in `dir/data`.
+/// pgsat with TLS from these files, its data in `dir/data`; AUTH_TIMEOUT
+/// 2 s (the handshake's bound too).
 fn start_tls(pg: &PgServer, dir: &Path, cert: &Path, key: &Path) -> Pgsat {
     let data = dir.join("data");
     std::fs::create_dir(&data).expect("data dir");
@@ -38,6 +39,7 @@ fn start_tls(pg: &PgServer, dir: &Path, cert: &Path, key: &Path) -> Pgsat {
         &[
             ("TLS_CERT_FILE", cert.to_str().expect("utf-8 path")),
             ("TLS_KEY_FILE", key.to_str().expect("utf-8 path")),
+            ("AUTH_TIMEOUT", "2s"),
         ],
     )
 }
@@ -157,6 +159,29 @@ async fn tls_on_both_listeners_and_nothing_in_clear_text() {
             .await
             .is_err()
     );
+
+    // A connection that never starts a handshake holds its slot only until
+    // AUTH_TIMEOUT, and is counted.
+    let before = p.metric("pgsat_tls_handshake_failures_total");
+    let mut idle = tokio::net::TcpStream::connect(p.tcp)
+        .await
+        .expect("connect");
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    tokio::time::timeout(T, idle.read_to_end(&mut got))
+        .await
+        .expect("closed in time")
+        .ok();
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && got.is_empty(),
+        "closed after {waited:?} with {got:02x?}"
+    );
+    let deadline = Instant::now() + T;
+    while p.metric("pgsat_tls_handshake_failures_total") < before + 1.0 {
+        assert!(Instant::now() < deadline, "timed-out handshake not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // The server still serves TLS clients after all that.
     receives_a_transaction(&pg, client_config(tls_url, &ca_file), "still served").await;

@@ -12,7 +12,10 @@
 //! (idle *streaming* sessions, informative). Target ≤ 8 KiB per
 //! authenticated idle session.
 //!
-//! Run: `cargo bench --bench idle` (SESSIONS=… to change).
+//! `TLS=1`: pgsat serves TLS (a throwaway CA and certificate) and every
+//! client completes a TLS handshake first: the RSS per TLS session.
+//!
+//! Run: `cargo bench --bench idle` (SESSIONS=… to change, TLS=1).
 
 mod common;
 #[path = "../tests/support/mod.rs"]
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use common::light;
 use common::{proc_status_kib, ChildProc, CHILD_ENV};
+use pgsat::client::connection::Io;
 use support::pgsat::insecure_token;
 use support::PgServer;
 
@@ -40,16 +44,45 @@ fn main() {
         "idle_t",
     );
     let data_dir = tempfile::tempdir().expect("data dir");
-    let pgsat = common::start_pgsat(&pg, data_dir.path(), Some(n as u64), &[]);
+    let tls_dir = tempfile::tempdir().expect("tls dir");
+    let tls = std::env::var("TLS").as_deref() == Ok("1");
+    let ca_file = tls_dir.path().join("ca.pem");
+    let mut env: Vec<(&str, String)> = Vec::new();
+    if tls {
+        let ca = support::ca::Ca::new("idle bench CA");
+        let (cert, key) = ca.server_cert(&["localhost"]);
+        let (cert_file, key_file) = (
+            tls_dir.path().join("cert.pem"),
+            tls_dir.path().join("key.pem"),
+        );
+        std::fs::write(&cert_file, cert).expect("cert");
+        std::fs::write(&key_file, key).expect("key");
+        ca.write(tls_dir.path(), "ca.pem");
+        env.push(("TLS_CERT_FILE", cert_file.display().to_string()));
+        env.push(("TLS_KEY_FILE", key_file.display().to_string()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let pgsat = common::start_pgsat(&pg, data_dir.path(), Some(n as u64), &env);
     let pid = pgsat.pid();
     let token = insecure_token("bench", 24 * 3600);
+    // The child's 4th argument: the CA file when TLS, else "-".
+    let ca_arg = if tls {
+        ca_file.display().to_string()
+    } else {
+        "-".to_string()
+    };
     pg.execute("INSERT INTO idle_t (note) VALUES ('before')");
 
     // Warm-up: 200 sessions opened, authenticated, started and closed.
     {
         let mut warm = ChildProc::spawn(
             "idle",
-            &[pgsat.tcp.to_string(), "200".into(), token.clone()],
+            &[
+                pgsat.tcp.to_string(),
+                "200".into(),
+                token.clone(),
+                ca_arg.clone(),
+            ],
         );
         assert!(warm.recv().starts_with("ready"));
         warm.send("start");
@@ -59,7 +92,10 @@ fn main() {
     std::thread::sleep(Duration::from_secs(2));
     let before = proc_status_kib(pid, "VmRSS");
 
-    let mut child = ChildProc::spawn("idle", &[pgsat.tcp.to_string(), n.to_string(), token]);
+    let mut child = ChildProc::spawn(
+        "idle",
+        &[pgsat.tcp.to_string(), n.to_string(), token, ca_arg],
+    );
     let t = Instant::now();
     let ready = child.recv();
     let connect_secs = t.elapsed().as_secs_f64();
@@ -78,7 +114,10 @@ fn main() {
     let hwm = proc_status_kib(pid, "VmHWM");
 
     let per = |a: u64| (a as f64 - before as f64) * 1024.0 / n as f64 / 1024.0;
-    println!("idle sessions: {n} (clients in a separate process; machine: 2 cores, shared)");
+    println!(
+        "idle sessions: {n}{} (clients in a separate process; machine: 2 cores, shared)",
+        if tls { ", TLS" } else { "" }
+    );
     println!("  {ready} in {connect_secs:.1} s; pgsat fds open: {fds}");
     println!(
         "  pgsat RSS before:                      {:>8.1} MiB",
@@ -108,6 +147,12 @@ fn client_process() {
     let addr: std::net::SocketAddr = args[0].parse().expect("addr");
     let n: usize = args[1].parse().expect("sessions");
     let token = args[2].clone();
+    let tls = match args[3].as_str() {
+        "-" => None,
+        ca => Some(
+            pgsat::client::tls::connector(Some(std::path::Path::new(ca))).expect("TLS connector"),
+        ),
+    };
     let limit = common::raise_nofile();
     assert!(
         limit as usize > n + 64,
@@ -122,18 +167,32 @@ fn client_process() {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
         let auth = light::auth_frame(&token);
         // At most 256 handshakes in flight.
-        let results: Vec<Result<tokio::net::TcpStream, String>> = futures::stream::iter(0..n)
+        let results: Vec<Result<Box<dyn Io>, String>> = futures::stream::iter(0..n)
             .map(|_| {
                 let auth = auth.clone();
+                let tls = tls.clone();
                 async move {
-                    let mut s = tokio::net::TcpStream::connect(addr)
+                    let s = tokio::net::TcpStream::connect(addr)
                         .await
                         .map_err(|e| format!("connect: {e}"))?;
                     s.set_nodelay(true).ok();
+                    let mut s: Box<dyn Io> = match &tls {
+                        Some(c) => Box::new(
+                            pgsat::client::tls::handshake(c, "localhost", s)
+                                .await
+                                .map_err(|e| e.to_string())?,
+                        ),
+                        None => Box::new(s),
+                    };
                     s.write_all(&auth).await.map_err(|e| e.to_string())?;
-                    let ty = read_frame_type(&mut s).await?;
+                    // TLS may keep written bytes until flushed.
+                    s.flush().await.map_err(|e| e.to_string())?;
+                    let (ty, body) = read_frame(&mut s).await?;
                     if ty != light::AUTH_RESP {
-                        return Err(format!("expected AuthResp, got frame type {ty}"));
+                        return Err(format!(
+                            "expected AuthResp, got frame type {ty}: {}",
+                            String::from_utf8_lossy(&body)
+                        ));
                     }
                     Ok(s)
                 }
@@ -163,6 +222,7 @@ fn client_process() {
                             let start = start.clone();
                             async move {
                                 s.write_all(&start).await.map_err(|e| e.to_string())?;
+                                s.flush().await.map_err(|e| e.to_string())?;
                                 read_frame_type(s).await
                             }
                         }))
@@ -185,12 +245,20 @@ fn client_process() {
 }
 
 /// Reads one whole frame, returns its type.
-async fn read_frame_type(s: &mut tokio::net::TcpStream) -> Result<u8, String> {
+async fn read_frame_type(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Result<u8, String> {
+    Ok(read_frame(s).await?.0)
+}
+
+/// Reads one whole frame: its type and body.
+async fn read_frame(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Result<(u8, Vec<u8>), String> {
     use tokio::io::AsyncReadExt;
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await.map_err(|e| e.to_string())?;
     let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > 1 << 20 {
+        return Err(format!("frame length {len}"));
+    }
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).await.map_err(|e| e.to_string())?;
-    Ok(body[0])
+    Ok((body[0], body[1..].to_vec()))
 }

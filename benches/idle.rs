@@ -44,33 +44,15 @@ fn main() {
         "idle_t",
     );
     let data_dir = tempfile::tempdir().expect("data dir");
-    let tls_dir = tempfile::tempdir().expect("tls dir");
-    let tls = std::env::var("TLS").as_deref() == Ok("1");
-    let ca_file = tls_dir.path().join("ca.pem");
-    let mut env: Vec<(&str, String)> = Vec::new();
-    if tls {
-        let ca = support::ca::Ca::new("idle bench CA");
-        let (cert, key) = ca.server_cert(&["localhost"]);
-        let (cert_file, key_file) = (
-            tls_dir.path().join("cert.pem"),
-            tls_dir.path().join("key.pem"),
-        );
-        std::fs::write(&cert_file, cert).expect("cert");
-        std::fs::write(&key_file, key).expect("key");
-        ca.write(tls_dir.path(), "ca.pem");
-        env.push(("TLS_CERT_FILE", cert_file.display().to_string()));
-        env.push(("TLS_KEY_FILE", key_file.display().to_string()));
-    }
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let tls = (std::env::var("TLS").as_deref() == Ok("1")).then(common::BenchTls::new);
+    let env = tls.as_ref().map(|t| t.env().to_vec()).unwrap_or_default();
     let pgsat = common::start_pgsat(&pg, data_dir.path(), Some(n as u64), &env);
     let pid = pgsat.pid();
     let token = insecure_token("bench", 24 * 3600);
     // The child's 4th argument: the CA file when TLS, else "-".
-    let ca_arg = if tls {
-        ca_file.display().to_string()
-    } else {
-        "-".to_string()
-    };
+    let ca_arg = tls
+        .as_ref()
+        .map_or("-".to_string(), |t| t.ca_file.display().to_string());
     pg.execute("INSERT INTO idle_t (note) VALUES ('before')");
 
     // Warm-up: 200 sessions opened, authenticated, started and closed.
@@ -116,7 +98,7 @@ fn main() {
     let per = |a: u64| (a as f64 - before as f64) * 1024.0 / n as f64 / 1024.0;
     println!(
         "idle sessions: {n}{} (clients in a separate process; machine: 2 cores, shared)",
-        if tls { ", TLS" } else { "" }
+        if tls.is_some() { ", TLS" } else { "" }
     );
     println!("  {ready} in {connect_secs:.1} s; pgsat fds open: {fds}");
     println!(

@@ -73,33 +73,15 @@ fn main() {
         Ok(other) => panic!("READER={other}: protocol, client or tls"),
     };
     // READER=tls: a CA, a certificate for localhost, pgsat serving TLS.
-    let tls_dir = tempfile::tempdir().expect("tls dir");
-    let ca_file = tls_dir.path().join("ca.pem");
-    let tls_env = if std::env::var("READER").as_deref() == Ok("tls") {
-        let ca = support::ca::Ca::new("latency bench CA");
-        let (cert, key) = ca.server_cert(&["localhost"]);
-        let (cert_file, key_file) = (
-            tls_dir.path().join("cert.pem"),
-            tls_dir.path().join("key.pem"),
-        );
-        std::fs::write(&cert_file, cert).expect("cert");
-        std::fs::write(&key_file, key).expect("key");
-        ca.write(tls_dir.path(), "ca.pem");
-        vec![
-            ("TLS_CERT_FILE", cert_file.display().to_string()),
-            ("TLS_KEY_FILE", key_file.display().to_string()),
-        ]
-    } else {
-        Vec::new()
-    };
-    let tls_env: Vec<(&str, &str)> = tls_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let tls = (std::env::var("READER").as_deref() == Ok("tls")).then(common::BenchTls::new);
+    let tls_env = tls.as_ref().map(|t| t.env().to_vec()).unwrap_or_default();
     let pgsat = common::start_pgsat(&pg, data_dir.path(), None, &tls_env);
     let client_url = if tls_env.is_empty() {
         format!("tcp://{}", pgsat.tcp)
     } else {
         format!("tls://localhost:{}", pgsat.tcp.port())
     };
-    let ca = (!tls_env.is_empty()).then(|| ca_file.clone());
+    let ca = tls.as_ref().map(|t| t.ca_file.clone());
 
     // Each reader on its own thread with its own runtime.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -361,3 +361,38 @@ pub mod light {
         None
     }
 }
+
+/// A throwaway CA and a certificate for `localhost` written into a temp
+/// dir: what pgsat needs to serve TLS, and the CA file clients trust.
+pub struct BenchTls {
+    _dir: tempfile::TempDir,
+    pub cert_file: String,
+    pub key_file: String,
+    pub ca_file: std::path::PathBuf,
+}
+
+impl BenchTls {
+    pub fn new() -> BenchTls {
+        let dir = tempfile::tempdir().expect("tls dir");
+        let ca = crate::support::ca::Ca::new("pgsat bench CA");
+        let (cert, key) = ca.server_cert(&["localhost"]);
+        let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_file, cert).expect("cert");
+        std::fs::write(&key_file, key).expect("key");
+        let ca_file = ca.write(dir.path(), "ca.pem");
+        BenchTls {
+            cert_file: cert_file.display().to_string(),
+            key_file: key_file.display().to_string(),
+            ca_file,
+            _dir: dir,
+        }
+    }
+
+    /// pgsat's environment for it.
+    pub fn env(&self) -> [(&str, &str); 2] {
+        [
+            ("TLS_CERT_FILE", self.cert_file.as_str()),
+            ("TLS_KEY_FILE", self.key_file.as_str()),
+        ]
+    }
+}

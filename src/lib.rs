@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod log;
 pub mod metrics;
 pub mod pg;
+pub mod pki;
 pub mod protocol;
 pub mod replicator;
 pub mod rules;

@@ -8,41 +8,24 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::RootCertStore;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::error::ClientError;
+use crate::pki::RootsError;
 
 /// A connector trusting the roots of `ca_file`, else the system's.
 pub fn connector(ca_file: Option<&Path>) -> Result<TlsConnector, ClientError> {
-    let mut roots = RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let bad = |e: String| ClientError::Tls(format!("CA file {}: {e}", path.display()));
-            let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-            let certs = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| bad(format!("not a PEM file of certificates ({e})")))?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(bad("no usable CA certificate in it".into()));
-            }
+    let roots = crate::pki::roots(ca_file).map_err(|e| match e {
+        RootsError::File { path, reason } => {
+            ClientError::Tls(format!("CA file {}: {reason}", path.display()))
         }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err(ClientError::Tls(
-                    "no system CA certificates found (install ca-certificates, or give a CA file)"
-                        .into(),
-                ));
-            }
-        }
-    }
+        RootsError::NoSystemRoots => ClientError::Tls(
+            "no system CA certificates found (install ca-certificates, or give a CA file)".into(),
+        ),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

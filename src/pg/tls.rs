@@ -21,7 +21,7 @@
 //! certificate), never a silent fall-back to plain text.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::BytesMut;
@@ -29,7 +29,6 @@ use postgres_protocol::message::frontend;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
@@ -38,6 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::conn::PgError;
+use crate::pki::RootsError;
 
 /// libpq's `sslmode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -172,41 +172,22 @@ impl TlsSettings {
     }
 
     fn roots(&self) -> Result<RootCertStore, PgError> {
-        let mut roots = RootCertStore::empty();
-        match &self.root_cert {
-            Some(RootCert::File(path)) => {
-                let certs = read_pem_certs(path)?;
-                let (added, _) = roots.add_parsable_certificates(certs);
-                if added == 0 {
-                    return Err(PgError::Config(format!(
-                        "sslrootcert {}: no usable CA certificate in it",
-                        path.display()
-                    )));
-                }
+        let file = match &self.root_cert {
+            Some(RootCert::File(path)) => Some(path.as_path()),
+            Some(RootCert::System) | None => None,
+        };
+        crate::pki::roots(file).map_err(|e| match e {
+            RootsError::File { path, reason } => {
+                PgError::Config(format!("sslrootcert {}: {reason}", path.display()))
             }
-            Some(RootCert::System) | None => {
-                let found = rustls_native_certs::load_native_certs();
-                let (added, _) = roots.add_parsable_certificates(found.certs);
-                if added == 0 {
-                    return Err(PgError::Config(format!(
-                        "sslmode={} checks the server's certificate, but no system CA \
-                         certificates were found (install ca-certificates, or set \
-                         sslrootcert=/path/to/ca.pem)",
-                        self.mode.as_str()
-                    )));
-                }
-            }
-        }
-        Ok(roots)
+            RootsError::NoSystemRoots => PgError::Config(format!(
+                "sslmode={} checks the server's certificate, but no system CA \
+                 certificates were found (install ca-certificates, or set \
+                 sslrootcert=/path/to/ca.pem)",
+                self.mode.as_str()
+            )),
+        })
     }
-}
-
-fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PgError> {
-    let bad = |e: String| PgError::Config(format!("sslrootcert {}: {e}", path.display()));
-    let data = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    CertificateDer::pem_slice_iter(&data)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(format!("not a PEM file of certificates ({e})")))
 }
 
 /// The stream of a replication connection after the SSLRequest exchange.

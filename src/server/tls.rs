@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
@@ -66,16 +66,8 @@ fn load(
     key: &Path,
 ) -> Result<(Arc<CertifiedKey>, Stamp), (&'static str, String)> {
     let stamp = [stamp(cert), stamp(key)];
-    let cert_pem =
-        std::fs::read(cert).map_err(|e| ("TLS_CERT_FILE", format!("{}: {e}", cert.display())))?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            (
-                "TLS_CERT_FILE",
-                format!("{}: not a PEM file of certificates ({e})", cert.display()),
-            )
-        })?;
+    let chain = crate::pki::read_certs(cert)
+        .map_err(|e| ("TLS_CERT_FILE", format!("{}: {e}", cert.display())))?;
     if chain.is_empty() {
         return Err((
             "TLS_CERT_FILE",

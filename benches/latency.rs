@@ -11,17 +11,16 @@
 //! - pgsat protocol reader (default): the like of it on pgsat's protocol —
 //!   frames off the TCP socket, the OpLog decoded, stamped at its Commit;
 //! - pgsat Rust client (`READER=client`): `Event::Transaction` from
-//!   `pgsat::client::Client`, which also builds typed rows and events.
+//!   `pgsat::client::Client`, which also builds typed rows and events;
+//! - pgsat Rust client over TLS (`READER=tls`): pgsat started with
+//!   `TLS_CERT_FILE`/`TLS_KEY_FILE` (a throwaway CA and certificate), the
+//!   Rust client on `tls://localhost:…`: compare with `READER=client`.
 //!
 //! One pgsat reader per run: a third reader on two cores slows everyone.
 //! Prints p50/p90/p99/max of both and the ratios; the targets (p50 ≤ 1.3×,
 //! p99 ≤ 1.5×) measure the server, so the default pgsat reader does what
 //! the direct reader does; the Rust client's own work (≈ 10 µs of CPU per
 //! transaction more, measured with perf stat) is its own run.
-//!
-//! - pgsat Rust client over TLS (`READER=tls`): pgsat started with
-//!   `TLS_CERT_FILE`/`TLS_KEY_FILE` (a throwaway CA and certificate), the
-//!   Rust client on `tls://localhost:…`: compare with `READER=client`.
 //!
 //! Run: `cargo bench --bench latency` (TXNS=…, RATE=… to change,
 //! READER=client for the Rust client, READER=tls for it over TLS).

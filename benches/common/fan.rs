@@ -11,10 +11,11 @@
 //! The client process runs its clients on the threads the bench asks for
 //! (`CLIENT_THREADS=N` overrides): `filtered_fanout` uses one — each
 //! delivery wakes one client, and on this 2-core machine a second thread
-//! bought only cross-thread wake-ups and took CPU from Postgres' walsender,
-//! whose lag behind the WAL is what pushed the p99 over 100 ms (measured:
-//! pg_stat_replication.sent_lsn up to 1 MB, 100 ms of WAL, behind
-//! pg_current_wal_lsn() at 5,000 txn/s); `fanout` uses two — every
+//! bought only cross-thread wake-ups and took CPU from Postgres' walsender
+//! and pgsat, whose lag is what pushes the p99 over 100 ms when the two
+//! cores are saturated (measured at 5,000 txn/s: pg_stat_replication
+//! .sent_lsn up to 1 MB, 100 ms of WAL, behind pg_current_wal_lsn(), and
+//! pgsat's replication socket up to 0.8 MB unread); `fanout` uses two — every
 //! transaction wakes all 1,000 clients at once, and two threads drain them
 //! in parallel.
 

@@ -210,7 +210,10 @@ impl Replicator {
                         }
                     }
                 }
-                changed = durable.changed() => {
+                // Only while no confirmation is scheduled: one then goes
+                // out when it is due with whatever is durable by then, so
+                // the log writer's every fsync need not wake this task.
+                changed = durable.changed(), if confirm_due.is_none() => {
                     if changed.is_err() {
                         return Err(RunError::Fatal("the log writer stopped".into()));
                     }

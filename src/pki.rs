@@ -1,12 +1,16 @@
 //! Certificates read from PEM files, and the roots a TLS client trusts:
 //! one reading for TLS to Postgres (`pg::tls`), pgsat's listeners
-//! (`server::tls`) and its client (`client::tls`). Messages name what is
-//! wrong, not the file: each caller says which setting the file came from.
+//! (`server::tls`) and its client (`client::tls`); a certificate with its
+//! private key, for the listeners and for pgsat's client certificate to
+//! Postgres. Messages name what is wrong, not the setting: each caller says
+//! which setting the file came from.
 
 use std::path::{Path, PathBuf};
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 
 /// Every certificate of a PEM file (possibly none).
@@ -48,4 +52,51 @@ pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, RootsError> {
         }
     }
     Ok(roots)
+}
+
+/// Which file of a certificate + key pair is at fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairFile {
+    Cert,
+    Key,
+}
+
+/// A certificate chain (leaf first, PEM) and its private key (PEM: PKCS#8,
+/// PKCS#1 or SEC1), checked to belong together. On failure: which file,
+/// and why (its path included).
+pub fn certified_key(
+    provider: &CryptoProvider,
+    cert: &Path,
+    key: &Path,
+) -> Result<CertifiedKey, (PairFile, String)> {
+    let chain =
+        read_certs(cert).map_err(|e| (PairFile::Cert, format!("{}: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err((
+            PairFile::Cert,
+            format!("{}: no certificate in it", cert.display()),
+        ));
+    }
+    let key_pem =
+        std::fs::read(key).map_err(|e| (PairFile::Key, format!("{}: {e}", key.display())))?;
+    let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        (
+            PairFile::Key,
+            format!("{}: not a PEM private key ({e})", key.display()),
+        )
+    })?;
+    let signing = provider.key_provider.load_private_key(der).map_err(|e| {
+        (
+            PairFile::Key,
+            format!("{}: unusable private key ({e})", key.display()),
+        )
+    })?;
+    let pair = CertifiedKey::new(chain, signing);
+    pair.keys_match().map_err(|e| {
+        (
+            PairFile::Key,
+            format!("{}: not the key of the certificate ({e})", key.display()),
+        )
+    })?;
+    Ok(pair)
 }

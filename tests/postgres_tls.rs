@@ -4,6 +4,8 @@
 //!
 //! Certificates are made per test with rcgen: a CA, and a server certificate
 //! it signed for the name `localhost` only (so `127.0.0.1` is the wrong name).
+//! The server trusts the same CA for client certificates (`ssl_ca_file`):
+//! the role `pgsat_cert` may only log in with one (`cert` in pg_hba).
 
 mod support;
 
@@ -19,9 +21,10 @@ use support::PgServer;
 
 const T: Duration = Duration::from_secs(10);
 
-/// Installs `cert`/`key` in the data dir, turns `ssl` on and lets TCP
-/// connections in only over TLS; reloads the configuration.
-fn enable_tls(pg: &PgServer, cert: &str, key: &str) {
+/// Installs `cert`/`key` in the data dir, turns `ssl` on, trusts
+/// `client_ca` for client certificates and lets TCP connections in only
+/// over TLS; reloads the configuration.
+fn enable_tls(pg: &PgServer, cert: &str, key: &str, client_ca: &str) {
     let data = pg.data_dir();
     // The server's files belong to the user it runs as (the data dir's owner).
     let meta = std::fs::metadata(&data).expect("data dir");
@@ -38,15 +41,19 @@ fn enable_tls(pg: &PgServer, cert: &str, key: &str) {
     };
     write("server.crt", cert);
     write("server.key", key);
+    write("root.crt", client_ca);
     write(
         "pg_hba.conf",
         "local all all trust\n\
          local replication all trust\n\
+         hostssl all pgsat_cert 127.0.0.1/32 cert\n\
+         hostssl replication pgsat_cert 127.0.0.1/32 cert\n\
          hostssl all all 127.0.0.1/32 scram-sha-256\n\
          hostssl replication all 127.0.0.1/32 scram-sha-256\n\
          hostnossl all all 127.0.0.1/32 reject\n\
          hostnossl replication all 127.0.0.1/32 reject\n",
     );
+    pg.execute("ALTER SYSTEM SET ssl_ca_file = 'root.crt'");
     pg.execute("ALTER SYSTEM SET ssl = on");
     pg.execute("SELECT pg_reload_conf()");
     let deadline = std::time::Instant::now() + T;
@@ -60,7 +67,8 @@ fn enable_tls(pg: &PgServer, cert: &str, key: &str) {
 /// `localhost`), and the CA's file.
 struct TlsPg {
     pg: PgServer,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    ca: Ca,
     ca_file: PathBuf,
     other_ca_file: PathBuf,
 }
@@ -70,9 +78,11 @@ impl TlsPg {
         let pg = PgServer::start();
         pg.execute("CREATE TABLE users (id text PRIMARY KEY); INSERT INTO users VALUES ('alice');");
         pg.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text)");
+        // Logs in only with a client certificate (pg_hba: cert).
+        pg.execute("CREATE ROLE pgsat_cert LOGIN SUPERUSER");
         let ca = Ca::new("pgsat test CA");
         let (cert, key) = ca.server_cert(&["localhost"]);
-        enable_tls(&pg, &cert, &key);
+        enable_tls(&pg, &cert, &key, &ca.pem());
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).expect("ca.pem");
@@ -80,7 +90,8 @@ impl TlsPg {
         std::fs::write(&other_ca_file, Ca::new("someone else").pem()).expect("other-ca.pem");
         TlsPg {
             pg,
-            _dir: dir,
+            dir,
+            ca,
             ca_file,
             other_ca_file,
         }
@@ -306,5 +317,147 @@ async fn untrusted_certificate_stops_the_start_clearly() {
     assert!(
         stderr.contains("DATABASE_URL") && stderr.contains("nope.pem"),
         "{stderr}"
+    );
+
+    // A client certificate that is not there: the same, naming sslcert.
+    let (code, stderr) = run(s.url(
+        "localhost",
+        &format!(
+            "sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+            s.ca_file.display(),
+            missing.display(),
+            missing.display()
+        ),
+    ));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("DATABASE_URL")
+            && stderr.contains("sslcert")
+            && stderr.contains("nope.pem"),
+        "{stderr}"
+    );
+}
+
+/// Writes a PEM file with the given permissions.
+fn write_mode(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// `sslcert` + `sslkey`: pgsat logs in as a role that only a client
+/// certificate lets in (pg_hba `cert`, the certificate's CN is the role),
+/// on the replication connection and the ordinary ones alike; without the
+/// certificate, with one for another name, with a key anyone may read or
+/// with another certificate's key it does not get in, each with a clear
+/// error; a replaced certificate is used by the next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_logs_pgsat_in() {
+    let s = tokio::task::spawn_blocking(TlsPg::start)
+        .await
+        .expect("start");
+    let files = s.dir.path();
+    let (cert_file, key_file) = (files.join("client.crt"), files.join("client.key"));
+    let (cert, key) = s.ca.client_cert("pgsat_cert");
+    write_mode(&cert_file, &cert, 0o644);
+    write_mode(&key_file, &key, 0o600);
+    let url = |query: &str| {
+        format!(
+            "postgres://pgsat_cert@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}{query}",
+            s.pg.port(),
+            s.ca_file.display()
+        )
+    };
+    let with_cert = url(&format!(
+        "&sslcert={}&sslkey={}",
+        cert_file.display(),
+        key_file.display()
+    ));
+
+    let (repl, sql) = connect_both(&with_cert).await;
+    repl.expect("replication with the client certificate");
+    sql.expect("SQL with the client certificate");
+
+    // No certificate: Postgres refuses (pg_hba cert).
+    let (repl, sql) = connect_both(&url("")).await;
+    for (what, r) in [("replication", repl), ("SQL", sql)] {
+        let e = r.expect_err(what);
+        assert!(
+            e.to_string().contains("certificate"),
+            "{what} without a certificate: {e}"
+        );
+    }
+
+    // A key others may read is refused before connecting, as libpq does.
+    write_mode(&key_file, &key, 0o644);
+    let (repl, sql) = connect_both(&with_cert).await;
+    for (what, r) in [("replication", repl), ("SQL", sql)] {
+        match r {
+            Err(e @ PgError::Config(_)) => {
+                assert!(
+                    e.to_string().contains("group or world access"),
+                    "{what}: {e}"
+                );
+                assert!(e.to_string().contains("client.key"), "{what}: {e}");
+            }
+            other => panic!("{what} with a readable key: {other:?}"),
+        }
+    }
+    write_mode(&key_file, &key, 0o600);
+
+    // Another certificate's key.
+    let (_, other_key) = s.ca.client_cert("pgsat_cert");
+    write_mode(&key_file, &other_key, 0o600);
+    let (repl, _) = connect_both(&with_cert).await;
+    match repl {
+        Err(e @ PgError::Config(_)) => {
+            assert!(
+                e.to_string().contains("sslkey") && e.to_string().contains("not the key"),
+                "{e}"
+            )
+        }
+        other => panic!("a mismatched key: {other:?}"),
+    }
+
+    // Replaced by a certificate for another role: read again, refused.
+    let (cert2, key2) = s.ca.client_cert("someone_else");
+    write_mode(&cert_file, &cert2, 0o644);
+    write_mode(&key_file, &key2, 0o600);
+    let (repl, sql) = connect_both(&with_cert).await;
+    assert!(
+        repl.is_err() && sql.is_err(),
+        "a certificate for someone else must not log in as pgsat_cert"
+    );
+    // And back: the next connections use the good pair again.
+    write_mode(&cert_file, &cert, 0o644);
+    write_mode(&key_file, &key, 0o600);
+    let (repl, sql) = connect_both(&with_cert).await;
+    repl.expect("replication after the certificate came back");
+    sql.expect("SQL after the certificate came back");
+
+    // pgsat itself on the certificate: every connection it opens presents it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Pgsat::start(&s.pg, dir.path(), &[("DATABASE_URL", &with_cert)]);
+    let mut c = RawClient::connect(p.tcp).await;
+    c.auth(&insecure_token("alice", 3600)).await;
+    c.start(0).await;
+    s.pg.execute("INSERT INTO notes (body) VALUES ('signed in by certificate')");
+    let mut r = TxnReader::default();
+    let txns = c.read_txns_within(&mut r, 1, T).await;
+    assert_eq!(txns.len(), 1, "one transaction");
+    let rows = s.pg.execute(
+        "SELECT count(*) FILTER (WHERE s.client_dn = '/CN=pgsat_cert'), count(*)
+         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.usename = 'pgsat_cert'",
+    );
+    let counts: Vec<i64> = rows
+        .trim()
+        .split('|')
+        .map(|n| n.trim().parse().expect("count"))
+        .collect();
+    assert!(counts[1] >= 2, "pgsat's connections as pgsat_cert: {rows}");
+    assert_eq!(
+        counts[0], counts[1],
+        "each presented the certificate: {rows}"
     );
 }

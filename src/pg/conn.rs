@@ -28,7 +28,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::pg::lsn::Lsn;
-use crate::pg::tls::{self, Negotiated, RootCert, SslMode, TlsSettings};
+use crate::pg::tls::{self, ClientCert, Negotiated, RootCert, SslMode, TlsSettings};
 
 /// Largest message accepted from the server (1 GiB, Postgres' own limit for
 /// a single field). A longer length prefix is a protocol error.
@@ -169,7 +169,7 @@ pub struct ConnParams {
     pub dbname: String,
     pub application_name: String,
     pub connect_timeout: Duration,
-    /// `sslmode`, `sslrootcert`.
+    /// `sslmode`, `sslrootcert`, `sslcert` + `sslkey`.
     pub tls: TlsSettings,
 }
 
@@ -190,6 +190,10 @@ impl fmt::Debug for ConnParams {
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
             .field("sslmode", &self.tls.mode.as_str())
+            .field(
+                "sslcert",
+                &self.tls.client_cert.as_ref().map(|c| c.cert.display()),
+            )
             .finish()
     }
 }
@@ -228,7 +232,8 @@ impl ConnParams {
     /// parameters: `host` (a path starting with `/` selects a unix socket
     /// directory), `port`, `user`, `password`, `dbname`, `application_name`,
     /// `connect_timeout` (seconds), `sslmode` (libpq's six, default
-    /// `prefer`) and `sslrootcert` (a PEM file, or `system`). Any other
+    /// `prefer`), `sslrootcert` (a PEM file, or `system`), `sslcert` and
+    /// `sslkey` (a client certificate and its key, both or neither). Any other
     /// parameter is an error, so a typo is not silently ignored.
     pub fn from_url(s: &str) -> Result<ConnParams, PgError> {
         let url = match url::Url::parse(s) {
@@ -279,6 +284,7 @@ impl ConnParams {
         let mut application_name = "pgsat".to_string();
         let mut connect_timeout = Duration::from_secs(10);
         let mut tls = TlsSettings::default();
+        let (mut sslcert, mut sslkey): (Option<PathBuf>, Option<PathBuf>) = (None, None);
         for (k, v) in url.query_pairs() {
             let v = v.into_owned();
             match &*k {
@@ -310,14 +316,34 @@ impl ConnParams {
                 }
                 "sslrootcert" if v == "system" => tls.root_cert = Some(RootCert::System),
                 "sslrootcert" => tls.root_cert = Some(RootCert::File(PathBuf::from(v))),
+                "sslcert" | "sslkey" if v.is_empty() => {
+                    return Err(PgError::Config(format!("{k} is empty")))
+                }
+                "sslcert" => sslcert = Some(PathBuf::from(v)),
+                "sslkey" => sslkey = Some(PathBuf::from(v)),
                 other => {
                     return Err(PgError::Config(format!(
                         "unknown URL parameter {other:?} (supported: host, port, user, password, \
-                         dbname, application_name, connect_timeout, sslmode, sslrootcert)"
+                         dbname, application_name, connect_timeout, sslmode, sslrootcert, \
+                         sslcert, sslkey)"
                     )))
                 }
             }
         }
+        tls.client_cert = match (sslcert, sslkey) {
+            (Some(cert), Some(key)) => Some(ClientCert { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(PgError::Config(
+                    "sslcert is set without sslkey (the certificate's private key)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(PgError::Config(
+                    "sslkey is set without sslcert (the certificate it belongs to)".into(),
+                ))
+            }
+        };
         let host = host.unwrap_or_else(|| Host::Tcp("localhost".into()));
         let port = port.unwrap_or(5432);
         if port == 0 {
@@ -1023,6 +1049,9 @@ mod tests {
             "postgres://h/db?sslmode=required",
             "postgres://h/db?sslrootcert=",
             "postgres://h/db?sslcert=/c.pem",
+            "postgres://h/db?sslkey=/k.pem",
+            "postgres://h/db?sslcert=&sslkey=/k.pem",
+            "postgres://h/db?sslcert=/c.pem&sslkey=",
             "postgres://h/db?bogus=1",
             "postgres://h/db?port=abc",
             "postgres://h:0/db",
@@ -1060,6 +1089,21 @@ mod tests {
         let p = ConnParams::from_url("postgres://h/db?sslrootcert=system").unwrap();
         assert_eq!(p.tls.root_cert, Some(RootCert::System));
         assert!(format!("{p:?}").contains("prefer"));
+        assert_eq!(p.tls.client_cert, None);
+        let p = ConnParams::from_url("postgres://h/db?sslkey=/k.pem&sslcert=/c.pem").unwrap();
+        assert_eq!(
+            p.tls.client_cert,
+            Some(ClientCert {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        assert!(format!("{p:?}").contains("/c.pem"));
+        let e = ConnParams::from_url("postgres://h/db?sslcert=/c.pem").unwrap_err();
+        assert!(
+            e.to_string().contains("sslcert is set without sslkey"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -12,17 +12,23 @@
 //! | `verify-full` | always | as `verify-ca`, and issued for the host name |
 //!
 //! `sslrootcert` is a PEM file of CA certificates, or `system` for the
-//! system's roots. Unix-socket connections never use TLS (as libpq). `allow`
+//! system's roots. `sslcert` + `sslkey` (both or neither): a certificate
+//! chain and its private key, both PEM, presented when the server asks
+//! (pg_hba's `cert` method, `clientcert=verify-ca|verify-full`); the key
+//! file's permissions are checked as libpq checks them, and both files are
+//! read again for the next connection when they change (rotation without a
+//! restart). Unix-socket connections never use TLS (as libpq). `allow`
 //! does not retry with TLS when the server refuses a plain connection.
-//! No client certificates; SCRAM without channel binding.
+//! SCRAM without channel binding.
 //!
 //! Invariant: a certificate that fails the check the mode asks for ends the
 //! connection with [`PgError::Tls`] (not transient: retrying cannot fix a
 //! certificate), never a silent fall-back to plain text.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
 
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
@@ -30,6 +36,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::SingleCertAndKey;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -37,7 +44,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::conn::PgError;
-use crate::pki::RootsError;
+use crate::pki::{PairFile, RootsError};
 
 /// libpq's `sslmode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -102,11 +109,30 @@ pub enum RootCert {
     File(PathBuf),
 }
 
+/// `sslcert` + `sslkey`: the certificate pgsat presents when the server
+/// asks for one, and its private key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// The TLS part of a connection's parameters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TlsSettings {
     pub mode: SslMode,
     pub root_cert: Option<RootCert>,
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A file's (modification time, size): what replacing it changes.
+type Stamp = (Option<SystemTime>, u64);
+
+fn stamp(path: &Path) -> Stamp {
+    match std::fs::metadata(path) {
+        Ok(m) => (m.modified().ok(), m.len()),
+        Err(_) => (None, 0),
+    }
 }
 
 /// What is checked of the server's certificate.
@@ -128,21 +154,29 @@ impl TlsSettings {
 
     /// The rustls configuration for these settings; `None` when TLS is never
     /// tried. Built once per distinct settings (loading the system's roots
-    /// reads many files), then shared.
+    /// reads many files), then shared; with a client certificate, built
+    /// again when its files' modification time or size changed.
     pub fn client_config(&self) -> Result<Option<Arc<ClientConfig>>, PgError> {
         if !self.mode.tries_tls() {
             return Ok(None);
         }
-        static CACHE: OnceLock<Mutex<HashMap<TlsSettings, Arc<ClientConfig>>>> = OnceLock::new();
+        type Key = (TlsSettings, Option<[Stamp; 2]>);
+        static CACHE: OnceLock<Mutex<HashMap<Key, Arc<ClientConfig>>>> = OnceLock::new();
         let cache = CACHE.get_or_init(Default::default);
-        if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(self) {
+        let key = (
+            self.clone(),
+            self.client_cert
+                .as_ref()
+                .map(|c| [stamp(&c.cert), stamp(&c.key)]),
+        );
+        if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(Some(c.clone()));
         }
         let config = Arc::new(self.build()?);
-        cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(self.clone(), config.clone());
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        // A rotated certificate's older configurations are never asked again.
+        cache.retain(|(settings, _), _| settings != self);
+        cache.insert(key, config.clone());
         Ok(Some(config))
     }
 
@@ -152,10 +186,10 @@ impl TlsSettings {
             .with_safe_default_protocol_versions()
             .map_err(|e| PgError::Tls(format!("TLS setup: {e}")))?;
         let verifier: Arc<dyn ServerCertVerifier> = match self.check() {
-            Check::Nothing => Arc::new(NoCertCheck(provider)),
+            Check::Nothing => Arc::new(NoCertCheck(provider.clone())),
             check => {
                 let roots = Arc::new(self.roots()?);
-                let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
+                let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                     .build()
                     .map_err(|e| PgError::Tls(format!("TLS setup: {e}")))?;
                 if check == Check::ChainAndName {
@@ -165,10 +199,20 @@ impl TlsSettings {
                 }
             }
         };
-        Ok(builder
+        let builder = builder
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth())
+            .with_custom_certificate_verifier(verifier);
+        let Some(client) = &self.client_cert else {
+            return Ok(builder.with_no_client_auth());
+        };
+        check_key_permissions(&client.key)?;
+        let pair = crate::pki::certified_key(&provider, &client.cert, &client.key).map_err(
+            |(file, e)| match file {
+                PairFile::Cert => PgError::Config(format!("sslcert {e}")),
+                PairFile::Key => PgError::Config(format!("sslkey {e}")),
+            },
+        )?;
+        Ok(builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(pair))))
     }
 
     fn roots(&self) -> Result<RootCertStore, PgError> {
@@ -188,6 +232,30 @@ impl TlsSettings {
             )),
         })
     }
+}
+
+/// libpq's rule for a client key: no group or world access when the file
+/// belongs to the user pgsat runs as; group read at most when it belongs
+/// to root. A missing file is left to the reading, which names it.
+fn check_key_permissions(path: &Path) -> Result<(), PgError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let (uid, mode) = (meta.uid(), meta.mode());
+    let too_open = (uid == euid && mode & 0o077 != 0) || (uid == 0 && mode & 0o037 != 0);
+    if too_open {
+        return Err(PgError::Config(format!(
+            "sslkey {}: has group or world access (mode {:o}); it must be u=rw (0600) or less \
+             when owned by the user pgsat runs as, or u=rw,g=r (0640) or less when owned by \
+             root (libpq's rule)",
+            path.display(),
+            mode & 0o777
+        )));
+    }
+    Ok(())
 }
 
 /// The stream of a replication connection after the SSLRequest exchange.

@@ -21,13 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::PrivateKeyDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::BadSetting;
+use crate::pki::PairFile;
 
 /// Least time between two looks at the files for a new certificate.
 pub const RECHECK: Duration = Duration::from_secs(10);
@@ -66,37 +65,9 @@ fn load(
     key: &Path,
 ) -> Result<(Arc<CertifiedKey>, Stamp), (&'static str, String)> {
     let stamp = [stamp(cert), stamp(key)];
-    let chain = crate::pki::read_certs(cert)
-        .map_err(|e| ("TLS_CERT_FILE", format!("{}: {e}", cert.display())))?;
-    if chain.is_empty() {
-        return Err((
-            "TLS_CERT_FILE",
-            format!("{}: no certificate in it", cert.display()),
-        ));
-    }
-    let key_pem =
-        std::fs::read(key).map_err(|e| ("TLS_KEY_FILE", format!("{}: {e}", key.display())))?;
-    let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        (
-            "TLS_KEY_FILE",
-            format!("{}: not a PEM private key ({e})", key.display()),
-        )
-    })?;
-    let signing = provider.key_provider.load_private_key(der).map_err(|e| {
-        (
-            "TLS_KEY_FILE",
-            format!("{}: unusable private key ({e})", key.display()),
-        )
-    })?;
-    let pair = CertifiedKey::new(chain, signing);
-    pair.keys_match().map_err(|e| {
-        (
-            "TLS_KEY_FILE",
-            format!(
-                "{}: not the key of the certificate in TLS_CERT_FILE ({e})",
-                key.display()
-            ),
-        )
+    let pair = crate::pki::certified_key(provider, cert, key).map_err(|(file, e)| match file {
+        PairFile::Cert => ("TLS_CERT_FILE", e),
+        PairFile::Key => ("TLS_KEY_FILE", e),
     })?;
     Ok((Arc::new(pair), stamp))
 }

@@ -2,7 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
 
 /// A CA: its certificate (PEM) and what signs with it.
 pub struct Ca {
@@ -39,6 +42,22 @@ impl Ca {
         let cert = params
             .signed_by(&key, &self.issuer)
             .expect("server certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A client certificate whose subject is `CN=<common_name>` (what
+    /// Postgres' `cert` method compares with the user name) and its key,
+    /// both PEM.
+    pub fn client_cert(&self, common_name: &str) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("client key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("client certificate");
         (cert.pem(), key.serialize_pem())
     }
 }

@@ -13,6 +13,7 @@
 //! | `pgsat_replication_lag_bytes` | gauge | bytes between the server's current WAL position and the LSN durably written to the log |
 //! | `pgsat_replication_slot_retained_wal_bytes` | gauge | WAL the slot holds back on the server (current WAL − slot restart_lsn) |
 //! | `pgsat_replication_transactions_total` | counter | committed transactions received |
+//! | `pgsat_replication_commit_lag_seconds` | histogram | from a transaction's commit in Postgres (its commit timestamp) to its append to pgsat's log, where sessions can read it; assumes the two machines' clocks agree |
 //! | `pgsat_replication_changes_total{op}` | counter | row changes received, `op` = insert/update/delete/truncate |
 //! | `pgsat_replication_decode_errors_total` | counter | pgoutput messages that could not be decoded |
 //! | `pgsat_replication_reconnects_total` | counter | replication connections re-established after a loss |
@@ -236,6 +237,7 @@ pub struct Metrics {
     pub replication_lag_bytes: IntGauge,
     pub replication_slot_retained_wal_bytes: IntGauge,
     pub replication_transactions: IntCounter,
+    pub replication_commit_lag_seconds: Histogram,
     pub replication_changes: ChangeCounters,
     pub replication_decode_errors: IntCounter,
     pub replication_reconnects: IntCounter,
@@ -390,8 +392,23 @@ impl Metrics {
             "At each AckReq, the distance in WAL bytes between the newest transaction and what the client durably applied.",
         )?;
 
+        // 0.5 ms … 1 h: live streaming is sub-millisecond to milliseconds;
+        // catching up after an outage, minutes.
+        let replication_commit_lag_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "pgsat_replication_commit_lag_seconds",
+                "Time from a transaction's commit in Postgres to its append to pgsat's log (clocks assumed in sync).",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+            ]),
+        )?;
+        registry.register(Box::new(replication_commit_lag_seconds.clone()))?;
+
         Ok(Metrics {
             build_info,
+            replication_commit_lag_seconds,
             replication_connected: gauge(
                 "pgsat_replication_connected",
                 "1 while the replication stream from Postgres is up.",

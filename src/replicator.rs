@@ -283,6 +283,13 @@ impl Replicator {
                         .log
                         .append_txn(txn.clone())
                         .map_err(|e| RunError::Fatal(e.to_string()))?;
+                    if appended {
+                        // A clock behind Postgres' would make it negative.
+                        let lag = (crate::clock::unix_micros() - txn.commit_time).max(0);
+                        self.metrics
+                            .replication_commit_lag_seconds
+                            .observe(lag as f64 / 1e6);
+                    }
                     tracing::trace!(lsn = %Lsn(txn.commit_lsn), appended, "transaction");
                     if !appended {
                         tracing::debug!(lsn = %Lsn(txn.commit_lsn), "skipped a transaction the log already has");

@@ -161,6 +161,20 @@ async fn metrics_parse_and_follow_a_workload() {
     let moved = |m: &BTreeMap<String, f64>, s: &str| get(m, s) - get(&m0, s);
     let m1 = scrape(&p);
     assert_eq!(moved(&m1, "pgsat_replication_transactions_total"), 27.0);
+    // Every appended transaction's commit → append time, well under the
+    // minute (same machine, same clock).
+    assert_eq!(
+        moved(&m1, "pgsat_replication_commit_lag_seconds_count"),
+        27.0
+    );
+    let lag_sum = moved(&m1, "pgsat_replication_commit_lag_seconds_sum");
+    assert!(lag_sum > 0.0 && lag_sum < 27.0 * 60.0, "lag sum {lag_sum}");
+    assert!(
+        moved(
+            &m1,
+            "pgsat_replication_commit_lag_seconds_bucket{le=\"60\"}"
+        ) == 27.0
+    );
     assert_eq!(
         moved(&m1, "pgsat_replication_changes_total{op=\"insert\"}"),
         61.0

@@ -20,6 +20,7 @@ use super::config::ClientConfig;
 use super::connection::{Connection, Connector, UrlConnector};
 use super::error::ClientError;
 use super::event::{Assembler, Event};
+use crate::clock::unix_micros as unix_micros_now;
 use crate::protocol::pb::{self, ErrorCode};
 use crate::protocol::{ClientMessage, ServerMessage};
 
@@ -76,13 +77,6 @@ pub struct Client {
 
     attempts: u32,
     delay_next: bool,
-}
-
-fn unix_micros_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 fn random_u64() -> u64 {

@@ -68,6 +68,7 @@ use tokio::sync::watch;
 pub use cursor::Cursor;
 pub use record::{Entry, RelationEntry, TxnEntry};
 
+use crate::clock::unix_micros as now_micros;
 use crate::pg::lsn::Lsn;
 use cache::Cache;
 use format::{encode_header, relation_record_len, txn_record_len, SegmentHeader, MAX_RECORD_LEN};
@@ -268,13 +269,6 @@ pub(crate) struct Shared {
     passed: watch::Sender<u64>,
     #[cfg(test)]
     pub faults: Faults,
-}
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 impl Shared {

@@ -7,8 +7,6 @@
 //! halves ([`ReplicationStream::split`]) so a standby status update can be
 //! sent while a read is pending elsewhere.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::{BufMut, Bytes, BytesMut};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -325,11 +323,7 @@ fn encode_status(
 
 /// Now, in µs since the Postgres epoch.
 pub fn pg_now_micros() -> i64 {
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
-    unix - PG_EPOCH_OFFSET_MICROS
+    crate::clock::unix_micros() - PG_EPOCH_OFFSET_MICROS
 }
 
 #[cfg(test)]

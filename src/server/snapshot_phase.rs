@@ -46,11 +46,12 @@
 //! which aborts the task: the connection, its transaction and the permit go.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
 use super::ServerCtx;
+use crate::clock::unix_micros as now_micros;
 use crate::log::Cursor;
 use crate::protocol::pb::ErrorCode;
 use crate::rules::snapshot::{permits, SnapshotConn, SnapshotError, SnapshotItem, TxSnapshot};
@@ -134,13 +135,6 @@ pub(super) fn start(ctx: &Arc<ServerCtx>, tables: Vec<String>, filter: RowFilter
         started: None,
         rows: 0,
     }
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 async fn read(

@@ -23,7 +23,8 @@
 //! transaction more, measured with perf stat) is its own run.
 //!
 //! Run: `cargo bench --bench latency` (TXNS=…, RATE=… to change,
-//! READER=client for the Rust client, READER=tls for it over TLS).
+//! READER=client for the Rust client, READER=tls for it over TLS;
+//! LAT_DUMP=file writes each transaction's LSN and both latencies).
 
 mod common;
 #[path = "../tests/support/mod.rs"]
@@ -194,6 +195,15 @@ fn main() {
         ratio(0.5),
         ratio(0.99)
     );
+    // LAT_DUMP=path: each transaction's commit LSN and both latencies (µs),
+    // in commit order, to study the tails.
+    if let Ok(path) = std::env::var("LAT_DUMP") {
+        let lines: String = lsns
+            .iter()
+            .map(|l| format!("{l} {} {}\n", direct[l], via_pgsat[l]))
+            .collect();
+        std::fs::write(&path, lines).expect("LAT_DUMP");
+    }
     drop(pgsat);
 }
 

@@ -68,15 +68,16 @@ pub fn main() -> ExitCode {
             if let Err(e) = crate::telemetry::init_tracing(&config.log_level, config.log_format) {
                 return usage_error(&e);
             }
-            run_async(dispatch::serve(config))
+            let workers = config.worker_threads;
+            run_async(dispatch::serve(config), Some(workers))
         }
         Command::Dev(args) => {
             init_tracing_from_env();
-            run_async(dispatch::dev(args))
+            run_async(dispatch::dev(args), None)
         }
         Command::Tail(args) => {
             init_tracing_from_env();
-            run_async(dispatch::tail(args))
+            run_async(dispatch::tail(args), Some(1))
         }
         Command::Token(args) => match token::mint(&args) {
             Ok(t) => {
@@ -111,8 +112,22 @@ fn init_tracing_from_env() {
     }
 }
 
-fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+/// Runs `fut` on a multi-thread runtime of `workers` threads (`None`:
+/// `WORKER_THREADS` if valid, else its default — `pgsat dev` reads the rest
+/// of its configuration itself).
+fn run_async(
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+    workers: Option<usize>,
+) -> ExitCode {
+    let workers = workers.unwrap_or_else(|| {
+        std::env::var("WORKER_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| (1..=crate::config::MAX_WORKER_THREADS).contains(n))
+            .unwrap_or_else(crate::config::default_worker_threads)
+    });
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {

@@ -762,3 +762,35 @@ async fn users_table_outside_the_stream_is_warned_about() {
     let p = Pgsat::start(&pg, &dir.path().join("c"), &[("REPLICATION_SLOT", "c")]);
     assert!(!p.output().contains("USER_DELETED"), "{}", p.output());
 }
+
+/// `WORKER_THREADS` sets how many threads serve the runtime: pgsat started
+/// with 3 has exactly three `tokio-rt-worker` threads (and still serves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_sets_the_runtime_threads() {
+    let pg = start_pg().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Pgsat::start(&pg, dir.path(), &[("WORKER_THREADS", "3")]);
+    let workers = |pid: u32| -> usize {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("/proc/<pid>/task")
+            .filter_map(|t| t.ok())
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .map(|c| c.trim() == "tokio-rt-worker")
+                    .unwrap_or(false)
+            })
+            .count()
+    };
+    assert_eq!(workers(p.pid()), 3, "WORKER_THREADS=3");
+    let mut c = RawClient::connect(p.tcp).await;
+    c.auth(&insecure_token("alice", 3600)).await;
+    drop(p);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Pgsat::start(&pg, dir.path(), &[]);
+    assert_eq!(
+        workers(p.pid()),
+        pgsat::config::default_worker_threads(),
+        "the default"
+    );
+}

@@ -186,17 +186,22 @@ pub async fn run_until(
         slot: config.replication_slot.clone(),
     };
     let log_dir = config.data_dir.join(&config.replication_slot);
-    let log = Log::open(
-        &log_dir,
-        &identity,
-        LogOptions {
-            window_max_bytes: config.window_max_bytes,
-            window_max_age: config.window_max_age,
-            cache_max_bytes: config.cache_max_bytes,
-            segment_max_bytes: None,
-        },
-    )
-    .map_err(|e| {
+    let opts = LogOptions {
+        window_max_bytes: config.window_max_bytes,
+        window_max_age: config.window_max_age,
+        cache_max_bytes: config.cache_max_bytes,
+        segment_max_bytes: None,
+    };
+    // Recovery reads every segment: off the runtime's threads, so /healthz
+    // keeps answering meanwhile (with one worker thread nothing else would
+    // run until it is done).
+    let opened = {
+        let dir = log_dir.clone();
+        tokio::task::spawn_blocking(move || Log::open(&dir, &identity, opts))
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the log: {e}"))?
+    };
+    let log = opened.map_err(|e| {
         let msg = format!("DATA_DIR {}: {e}", log_dir.display());
         if data_dir_is_unusable(&e) {
             anyhow::Error::from(crate::config::BadSetting(msg))

@@ -35,6 +35,7 @@
 //! | `pgsat_slow_consumer_disconnects_total` | counter | sessions closed with SLOW_CONSUMER |
 //! | `pgsat_auth_insecure_mode` | gauge | 1 when AUTH_MODE=insecure (tokens not verified) |
 //! | `pgsat_read_rules_enabled` | gauge | 1 when RULES_FILE is loaded |
+//! | `pgsat_runtime_worker_threads` | gauge | threads of the async runtime serving sessions and the stream (`WORKER_THREADS`) |
 //! | `pgsat_routed_sessions` | gauge | filtered sessions at the live end, woken only for transactions they may read |
 //! | `pgsat_router_evictions_total` | counter | routed sessions sent back to reading the log themselves because they fell behind |
 //! | `pgsat_tls_handshake_failures_total` | counter | client connections dropped because their TLS handshake failed or took longer than AUTH_TIMEOUT (TLS_CERT_FILE set) |
@@ -265,6 +266,7 @@ pub struct Metrics {
 
     pub auth_insecure_mode: IntGauge,
     pub read_rules_enabled: IntGauge,
+    pub runtime_worker_threads: IntGauge,
     pub routed_sessions: IntGauge,
     pub router_evictions: IntCounter,
     pub tls_handshake_failures: IntCounter,
@@ -492,6 +494,10 @@ impl Metrics {
             auth_insecure_mode: gauge(
                 "pgsat_auth_insecure_mode",
                 "1 when AUTH_MODE=insecure (tokens are not verified).",
+            )?,
+            runtime_worker_threads: gauge(
+                "pgsat_runtime_worker_threads",
+                "Threads of the async runtime serving sessions and the stream (WORKER_THREADS).",
             )?,
             read_rules_enabled: gauge(
                 "pgsat_read_rules_enabled",

@@ -764,13 +764,15 @@ async fn users_table_outside_the_stream_is_warned_about() {
 }
 
 /// `WORKER_THREADS` sets how many threads serve the runtime: pgsat started
-/// with 3 has exactly three `tokio-rt-worker` threads (and still serves).
+/// with 3 reports three (`pgsat_runtime_worker_threads`, the runtime's own
+/// count) and has at least three `tokio-rt-worker` threads (the blocking
+/// pool's threads share the name); unset, the default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_threads_sets_the_runtime_threads() {
     let pg = start_pg().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let p = Pgsat::start(&pg, dir.path(), &[("WORKER_THREADS", "3")]);
-    let workers = |pid: u32| -> usize {
+    let named = |pid: u32| -> usize {
         std::fs::read_dir(format!("/proc/{pid}/task"))
             .expect("/proc/<pid>/task")
             .filter_map(|t| t.ok())
@@ -781,7 +783,8 @@ async fn worker_threads_sets_the_runtime_threads() {
             })
             .count()
     };
-    assert_eq!(workers(p.pid()), 3, "WORKER_THREADS=3");
+    assert_eq!(get(&scrape(&p), "pgsat_runtime_worker_threads"), 3.0);
+    assert!(named(p.pid()) >= 3, "WORKER_THREADS=3: {}", named(p.pid()));
     let mut c = RawClient::connect(p.tcp).await;
     c.auth(&insecure_token("alice", 3600)).await;
     drop(p);
@@ -789,8 +792,8 @@ async fn worker_threads_sets_the_runtime_threads() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = Pgsat::start(&pg, dir.path(), &[]);
     assert_eq!(
-        workers(p.pid()),
-        pgsat::config::default_worker_threads(),
+        get(&scrape(&p), "pgsat_runtime_worker_threads"),
+        pgsat::config::default_worker_threads() as f64,
         "the default"
     );
 }

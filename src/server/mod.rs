@@ -149,6 +149,9 @@ pub async fn run_until(
     slot::ensure_publication(&client, &config.publication).await?;
     let rules = load_rules(&config, &client).await?;
     metrics.read_rules_enabled.set(i64::from(rules.is_some()));
+    metrics
+        .runtime_worker_threads
+        .set(tokio::runtime::Handle::current().metrics().num_workers() as i64);
     // Settings that can be wrong are checked before the slot exists (a slot
     // left behind by a failed start would keep WAL).
     let sql = SqlConfig::new(&params)?;

@@ -215,6 +215,16 @@ pub fn known_variables() -> &'static [&'static str] {
 /// Most accepted `WORKER_THREADS`.
 pub const MAX_WORKER_THREADS: usize = 1024;
 
+/// A `WORKER_THREADS` value: a whole number from 1 to
+/// [`MAX_WORKER_THREADS`].
+pub fn parse_worker_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ 1..=MAX_WORKER_THREADS) => Ok(n),
+        Ok(_) => Err(format!("{s:?} must be from 1 to {MAX_WORKER_THREADS}")),
+        Err(_) => Err(format!("{s:?} is not a whole number ≥ 1")),
+    }
+}
+
 /// `WORKER_THREADS` when unset: one fewer than the CPUs this process may
 /// use (at least 1). pgsat runs beside Postgres, and its stream is only as
 /// fast as its walsender, one Postgres process that needs a core of its
@@ -405,11 +415,7 @@ impl Config {
         let worker_threads = env.required(
             "WORKER_THREADS",
             &default_worker_threads().to_string(),
-            |s| match s.parse::<usize>() {
-                Ok(n @ 1..=MAX_WORKER_THREADS) => Ok(n),
-                Ok(_) => Err(format!("{s:?} must be from 1 to {MAX_WORKER_THREADS}")),
-                Err(_) => Err(format!("{s:?} is not a whole number ≥ 1")),
-            },
+            parse_worker_threads,
         )?;
         let server_id = match env.get("SERVER_ID") {
             Some(id) => id.trim().to_string(),

@@ -6,6 +6,7 @@
 //! which setting the file came from.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -99,4 +100,15 @@ pub fn certified_key(
         )
     })?;
     Ok(pair)
+}
+
+/// A file's (modification time, size): what replacing it (a certificate
+/// rotated in place) changes. A missing file reads `(None, 0)`.
+pub type Stamp = (Option<SystemTime>, u64);
+
+pub fn stamp(path: &Path) -> Stamp {
+    match std::fs::metadata(path) {
+        Ok(m) => (m.modified().ok(), m.len()),
+        Err(_) => (None, 0),
+    }
 }

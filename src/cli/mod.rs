@@ -122,8 +122,7 @@ fn run_async(
     let workers = workers.unwrap_or_else(|| {
         std::env::var("WORKER_THREADS")
             .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|n| (1..=crate::config::MAX_WORKER_THREADS).contains(n))
+            .and_then(|v| crate::config::parse_worker_threads(v.trim()).ok())
             .unwrap_or_else(crate::config::default_worker_threads)
     });
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -28,7 +28,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
 
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
@@ -44,7 +43,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::conn::PgError;
-use crate::pki::{PairFile, RootsError};
+use crate::pki::{stamp, PairFile, RootsError, Stamp};
 
 /// libpq's `sslmode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -123,16 +122,6 @@ pub struct TlsSettings {
     pub mode: SslMode,
     pub root_cert: Option<RootCert>,
     pub client_cert: Option<ClientCert>,
-}
-
-/// A file's (modification time, size): what replacing it changes.
-type Stamp = (Option<SystemTime>, u64);
-
-fn stamp(path: &Path) -> Stamp {
-    match std::fs::metadata(path) {
-        Ok(m) => (m.modified().ok(), m.len()),
-        Err(_) => (None, 0),
-    }
 }
 
 /// What is checked of the server's certificate.

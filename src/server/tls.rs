@@ -15,10 +15,9 @@
 //! - The handshake runs in the connection's task, bounded by `AUTH_TIMEOUT`
 //!   (the accept loop never waits for a client).
 
-use std::fs::Metadata;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -26,13 +25,13 @@ use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::BadSetting;
-use crate::pki::PairFile;
+use crate::pki::{stamp, PairFile};
 
 /// Least time between two looks at the files for a new certificate.
 pub const RECHECK: Duration = Duration::from_secs(10);
 
 /// Both files' (modification time, size): what a rotation changes.
-type Stamp = [(Option<SystemTime>, u64); 2];
+type Stamp = [crate::pki::Stamp; 2];
 
 /// The acceptor of both listeners.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, BadSetting> {
@@ -70,13 +69,6 @@ fn load(
         PairFile::Key => ("TLS_KEY_FILE", e),
     })?;
     Ok((Arc::new(pair), stamp))
-}
-
-fn stamp(path: &Path) -> (Option<SystemTime>, u64) {
-    match std::fs::metadata(path) {
-        Ok(m) => (m.modified().ok(), Metadata::len(&m)),
-        Err(_) => (None, 0),
-    }
 }
 
 struct State {

@@ -206,9 +206,9 @@ export class Pgsat {
 
   private constructor(
     readonly pg: Postgres,
-    readonly tcpPort: number,
-    readonly wsPort: number,
-    readonly httpPort: number,
+    public tcpPort: number,
+    public wsPort: number,
+    public httpPort: number,
     private readonly opts: PgsatOptions,
   ) {
     this.dataDir = join(pg.root, "pgsat-data");
@@ -219,8 +219,19 @@ export class Pgsat {
     if (!existsSync(PGSAT_BIN)) throw new Error(`pgsat binary not found at ${PGSAT_BIN} (set PGSAT_BIN, or run cargo build)`);
     const s = new Pgsat(pg, await freePort(), await freePort(), await freePort(), opts);
     cleanups.push(() => s.kill());
-    await s.restart();
-    return s;
+    // A port picked free can be taken (by any process's outgoing connection)
+    // before pgsat binds it: pick others and start again, as the Rust harness does.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await s.restart();
+        return s;
+      } catch (e) {
+        if (attempt >= 5 || !String(e).includes("Address already in use")) throw e;
+        s.tcpPort = await freePort();
+        s.wsPort = await freePort();
+        s.httpPort = await freePort();
+      }
+    }
   }
 
   get running(): boolean {

@@ -35,6 +35,9 @@ const MAX_OPS_PER_FRAME: usize = MAX_FRAME_BODY - BEGIN_ENTRY_MAX - COMMIT_ENTRY
 /// Room kept at the front of the buffer for the first frame's header and the
 /// Begin op, which is only known at Commit (it carries the end LSN).
 const FIRST_PREFIX: usize = HDR + BEGIN_ENTRY_MAX;
+/// Memory a finished transaction may hold beyond a quarter of its length
+/// (see [`FrameBuf::finish`]).
+pub(crate) const SLACK: usize = 64;
 
 // Keys (field << 3 | wire type); every field number here is < 16.
 const LEN1: u8 = 0x0A;
@@ -342,10 +345,16 @@ impl FrameBuf {
         head[4] = OPLOG_FRAME_TYPE;
         let start = FIRST_PREFIX - head.len();
         self.buf[start..FIRST_PREFIX].copy_from_slice(&head);
+        let allocated = self.buf.capacity();
         self.buf.advance(start);
         let len = self.buf.len();
-        // Keep the cached entry's memory close to its accounted size.
-        if self.buf.capacity() - len > len / 4 + 4096 {
+        // The log's cache holds these bytes for as long as CACHE_MAX_BYTES
+        // allows and counts them at their length (`TxnEntry::size`): keep
+        // the memory behind them within a quarter of that (the skipped
+        // front included), or a cache of small transactions would hold
+        // several times its limit. The copy is of a transaction that came
+        // out much smaller than the running average predicted.
+        if allocated - len > len / 4 + SLACK {
             Bytes::copy_from_slice(&self.buf)
         } else {
             self.buf.freeze()

@@ -167,7 +167,9 @@ pub struct TxnAssembler<C> {
     avg_txn_bytes: usize,
 }
 
-const MIN_PREALLOC: usize = 1024;
+/// Least preallocation for a transaction's frames: room for the header,
+/// Begin, Commit and a small row (a larger transaction grows the buffer).
+const MIN_PREALLOC: usize = 256;
 const MAX_PREALLOC: usize = 8 << 20;
 
 impl<C: Catalog> TxnAssembler<C> {
@@ -281,7 +283,9 @@ impl<C: Catalog> TxnAssembler<C> {
                 open: open.xid,
             });
         }
-        let cap = (self.avg_txn_bytes + self.avg_txn_bytes / 8 + 256).min(MAX_PREALLOC);
+        // Within FrameBuf::finish's slack for a transaction of the average
+        // size, so that one is kept as written, not copied.
+        let cap = (self.avg_txn_bytes + self.avg_txn_bytes / 8 + 32).min(MAX_PREALLOC);
         self.txn = Some(OpenTxn {
             xid: b.xid,
             final_lsn: b.final_lsn,

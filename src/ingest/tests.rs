@@ -819,6 +819,44 @@ async fn abort_drops_partial_transaction() {
     assert_eq!(committed(steps).txn.unwrap().changes, 1);
 }
 
+/// The memory behind a cached transaction stays near the length the cache
+/// counts it at, for small transactions and after a large one inflated the
+/// preallocation (a 64 MiB cache of small transactions once held several
+/// times that).
+#[tokio::test]
+async fn frames_memory_close_to_their_length() {
+    let mut a = asm();
+    feed(&mut a, &[items_rel(b'd')]).await.unwrap();
+    let big = "b".repeat(200 * 1024);
+    let mut lsn = 0x1000u64;
+    for i in 0..300u32 {
+        let value = if i == 100 { big.as_str() } else { "small" };
+        let id = i.to_string();
+        let steps = feed(
+            &mut a,
+            &[
+                begin(lsn, i),
+                pgo::insert(REL, &[C::T(&id), C::T(value), C::N]),
+                commit(lsn, lsn + 0x10),
+            ],
+        )
+        .await
+        .unwrap();
+        lsn += 0x100;
+        let t = Arc::try_unwrap(committed(steps).txn.unwrap()).unwrap_or_else(|_| panic!("shared"));
+        let len = t.frames.len();
+        let held = t
+            .frames
+            .try_into_mut()
+            .unwrap_or_else(|_| panic!("shared"))
+            .capacity();
+        assert!(
+            held <= len + len / 4 + super::encode::SLACK,
+            "transaction {i}: {len} bytes held in {held}"
+        );
+    }
+}
+
 #[test]
 fn users_table_setting() {
     assert_eq!(

@@ -16,6 +16,13 @@
 //!   `TLS_CERT_FILE`/`TLS_KEY_FILE` (a throwaway CA and certificate), the
 //!   Rust client on `tls://localhost:…`: compare with `READER=client`.
 //!
+//! - a bare relay (`READER=relay`), the floor for any proxy on this host:
+//!   a separate single-threaded process that reads pgoutput from its own
+//!   slot and writes each whole transaction's raw messages to one TCP
+//!   client (no log, no protocol, no auth); the reader decodes pgoutput and
+//!   stamps at Commit. pgsat is not started in this mode, so the machine
+//!   runs the same number of processes as with pgsat.
+//!
 //! One pgsat reader per run: a third reader on two cores slows everyone.
 //! Prints p50/p90/p99/max of both and the ratios; the targets (p50 ≤ 1.3×,
 //! p99 ≤ 1.5×) measure the server, so the default pgsat reader does what
@@ -23,7 +30,8 @@
 //! transaction more, measured with perf stat) is its own run.
 //!
 //! Run: `cargo bench --bench latency` (TXNS=…, RATE=… to change,
-//! READER=client for the Rust client, READER=tls for it over TLS;
+//! READER=client for the Rust client, READER=tls for it over TLS,
+//! READER=relay for the bare relay;
 //! LAT_DUMP=file writes each transaction's LSN and both latencies).
 
 mod common;
@@ -34,7 +42,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{quantile, unix_micros};
+use common::{quantile, unix_micros, ChildProc, CHILD_ENV};
 use pgsat::client::{Client, ClientConfig, Event};
 use pgsat::pg::conn::{ConnParams, ReplicationConn};
 use pgsat::pg::lsn::PG_EPOCH_OFFSET_MICROS;
@@ -44,6 +52,8 @@ use support::pgsat::insecure_token;
 use support::PgServer;
 
 const WARMUP: usize = 100;
+/// `CHILD_ENV` value that makes this binary the bare relay process.
+const RELAY_ROLE: &str = "latency-relay";
 
 /// commit end LSN → latency µs.
 type Seen = Arc<Mutex<HashMap<u64, i64>>>;
@@ -56,6 +66,9 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 fn main() {
+    if std::env::var(CHILD_ENV).as_deref() == Ok(RELAY_ROLE) {
+        return relay_process();
+    }
     let txns = env_or("TXNS", 2_000) as usize;
     let rate = env_or("RATE", 200);
     let pg = PgServer::start();
@@ -69,17 +82,22 @@ fn main() {
     let (reader, name) = match std::env::var("READER").as_deref() {
         Ok("client") => (Reader::Client, "pgsat Rust client"),
         Ok("tls") => (Reader::Client, "pgsat Rust client, TLS"),
+        Ok("relay") => (Reader::Relay, "bare relay"),
         Ok("protocol") | Err(_) => (Reader::Protocol, "pgsat protocol reader"),
-        Ok(other) => panic!("READER={other}: protocol, client or tls"),
+        Ok(other) => panic!("READER={other}: protocol, client, tls or relay"),
     };
     // READER=tls: a CA, a certificate for localhost, pgsat serving TLS.
     let tls = (std::env::var("READER").as_deref() == Ok("tls")).then(common::BenchTls::new);
     let tls_env = tls.as_ref().map(|t| t.env().to_vec()).unwrap_or_default();
-    let pgsat = common::start_pgsat(&pg, data_dir.path(), None, &tls_env);
-    let client_url = if tls_env.is_empty() {
-        format!("tcp://{}", pgsat.tcp)
+    // READER=relay: the relay process instead of pgsat.
+    let (pgsat, relay) = if matches!(reader, Reader::Relay) {
+        pg.execute("SELECT pg_create_logical_replication_slot('relay', 'pgoutput')");
+        let mut relay = ChildProc::spawn(RELAY_ROLE, &[pg.url()]);
+        let addr = relay.recv();
+        (None, Some((relay, addr)))
     } else {
-        format!("tls://localhost:{}", pgsat.tcp.port())
+        let pgsat = common::start_pgsat(&pg, data_dir.path(), None, &tls_env);
+        (Some(pgsat), None)
     };
     let ca = tls.as_ref().map(|t| t.ca_file.clone());
 
@@ -97,14 +115,22 @@ fn main() {
                 Reader::Direct => rt.block_on(direct_reader(target, s, ready)),
                 Reader::Protocol => rt.block_on(protocol_reader(target, s, ready)),
                 Reader::Client => rt.block_on(client_reader(target, ca, s, ready)),
+                Reader::Relay => rt.block_on(relay_reader(target, s, ready)),
             }
         });
         seen
     };
     let direct = spawn(Reader::Direct, pg.url(), None);
-    let target = match reader {
-        Reader::Client => client_url,
-        _ => pgsat.tcp.to_string(),
+    let target = match (&pgsat, &relay) {
+        (_, Some((_, addr))) => addr.clone(),
+        (Some(p), None) if tls_env.is_empty() && matches!(reader, Reader::Client) => {
+            format!("tcp://{}", p.tcp)
+        }
+        (Some(p), None) if matches!(reader, Reader::Client) => {
+            format!("tls://localhost:{}", p.tcp.port())
+        }
+        (Some(p), None) => p.tcp.to_string(),
+        (None, None) => unreachable!("pgsat or the relay runs"),
     };
     let via_pgsat = spawn(reader, target, ca);
     for _ in 0..2 {
@@ -205,6 +231,7 @@ fn main() {
         std::fs::write(&path, lines).expect("LAT_DUMP");
     }
     drop(pgsat);
+    drop(relay);
 }
 
 async fn direct_reader(url: String, seen: Seen, ready: std::sync::mpsc::Sender<()>) {
@@ -293,6 +320,106 @@ enum Reader {
     Protocol,
     /// `pgsat::client::Client`: also builds typed rows and events.
     Client,
+    /// The bare relay process's stream: u32 length + one pgoutput message.
+    Relay,
+}
+
+/// The bare relay process (`READER=relay`): binds a loopback port (printed
+/// on stdout), accepts one client, then streams the `relay` slot to it,
+/// each transaction's pgoutput messages (u32 big-endian length + message)
+/// in one write at its Commit. Single-threaded, nothing else on its path:
+/// what any proxy between Postgres and a client costs on this host.
+fn relay_process() {
+    use tokio::io::AsyncWriteExt;
+    let url = std::env::args()
+        .nth(1)
+        .expect("relay: Postgres URL argument");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("relay bind");
+        println!("{}", listener.local_addr().expect("relay address"));
+        std::io::Write::flush(&mut std::io::stdout()).expect("stdout");
+        let (mut sock, _) = listener.accept().await.expect("relay accept");
+        sock.set_nodelay(true).expect("nodelay");
+        let params = ConnParams::from_url(&url).expect("url");
+        let conn = ReplicationConn::connect(&params).await.expect("connect");
+        let mut stream = conn
+            .start_logical("relay", 0, "pgsat_bench")
+            .await
+            .expect("start replication");
+        let mut out: Vec<u8> = Vec::with_capacity(64 << 10);
+        let mut received = 0u64;
+        let mut last_status = Instant::now();
+        loop {
+            let msg = match stream.recv().await {
+                Ok(Some(m)) => m,
+                _ => return,
+            };
+            let reply = match msg {
+                ReplMessage::XLogData { wal_end, data, .. } => {
+                    received = received.max(wal_end);
+                    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+                    out.extend_from_slice(&data);
+                    if data.first() != Some(&b'C') {
+                        continue;
+                    }
+                    if sock.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                    last_status.elapsed() > Duration::from_secs(1)
+                }
+                ReplMessage::Keepalive {
+                    wal_end,
+                    reply_requested,
+                    ..
+                } => {
+                    received = received.max(wal_end);
+                    reply_requested
+                }
+            };
+            if reply {
+                last_status = Instant::now();
+                let _ = stream
+                    .send_status(received, received, received, false)
+                    .await;
+            }
+        }
+    });
+}
+
+/// Reads the bare relay's stream and stamps each transaction at its Commit.
+async fn relay_reader(addr: String, seen: Seen, ready: std::sync::mpsc::Sender<()>) {
+    use tokio::io::AsyncReadExt;
+    let mut sock = tokio::net::TcpStream::connect(addr.as_str())
+        .await
+        .expect("connect to the relay");
+    sock.set_nodelay(true).expect("nodelay");
+    ready.send(()).ok();
+    let mut buf = bytes::BytesMut::with_capacity(64 << 10);
+    loop {
+        match sock.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let now = unix_micros();
+        while buf.len() >= 4 {
+            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if buf.len() < 4 + len {
+                break;
+            }
+            let msg = buf.split_to(4 + len).split_off(4).freeze();
+            if let PgOutput::Commit(c) = pgoutput::decode(&msg).expect("pgoutput") {
+                let committed = c.commit_time + PG_EPOCH_OFFSET_MICROS;
+                seen.lock().unwrap().insert(c.end_lsn, now - committed);
+            }
+        }
+    }
 }
 
 async fn protocol_reader(addr: String, seen: Seen, ready: std::sync::mpsc::Sender<()>) {

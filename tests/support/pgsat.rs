@@ -417,6 +417,11 @@ impl RawClient {
                     return Some(RawFrame { ty, body: frame });
                 }
             }
+            // Room for whole frames: an empty BytesMut reads 64 bytes at a
+            // time (a syscall, and a reallocation, each).
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(64 * 1024);
+            }
             let n = stream.read_buf(&mut self.buf).await.ok()?;
             if n == 0 {
                 return None;

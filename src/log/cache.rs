@@ -5,11 +5,13 @@
 //! of entries that are already durable on disk; entries not yet fsynced are
 //! never evicted (they exist nowhere else readable), their total is bounded
 //! by the writer backpressure. `base_relations` are the relation definitions
-//! in force just before `base_index`.
+//! in force just before `base_index`. The entries are kept in chunks
+//! (growing moves nothing: see [`ChunkedDeque`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::chunked::ChunkedDeque;
 use super::record::{Entry, RelationEntry};
 
 /// Bytes a relation entry accounts for in the cache bound.
@@ -26,7 +28,7 @@ pub fn entry_size(e: &Entry) -> u64 {
 
 #[derive(Debug)]
 pub struct Cache {
-    pub items: VecDeque<Entry>,
+    pub items: ChunkedDeque<Entry>,
     pub base_index: u64,
     pub base_relations: BTreeMap<u32, Arc<RelationEntry>>,
     pub bytes: u64,
@@ -42,7 +44,7 @@ impl Cache {
         max_bytes: u64,
     ) -> Cache {
         Cache {
-            items: VecDeque::new(),
+            items: ChunkedDeque::default(),
             base_index,
             base_relations,
             bytes: 0,

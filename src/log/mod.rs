@@ -41,6 +41,7 @@
 //! for an older position get BEHIND_WINDOW rather than a silent gap.
 
 pub mod cache;
+pub mod chunked;
 pub mod cursor;
 pub mod format;
 pub mod meta;
@@ -650,7 +651,7 @@ impl Log {
         let lsn = if i == 0 {
             st.start_lsn
         } else {
-            st.window.txns[i - 1].lsn
+            st.window.txns.get(i - 1).map_or(st.start_lsn, |m| m.lsn)
         };
         lsn.max(st.start_lsn)
     }

@@ -4,10 +4,12 @@
 //! transactions and, after [`Window::enforce`], is ≤ `max_bytes` unless a
 //! single (newest) transaction alone exceeds it; every transaction with
 //! `commit_lsn > start_lsn` is retained, in commit order. Memory: one
-//! [`TxnMeta`] (40 bytes) per retained transaction, never its data.
+//! [`TxnMeta`] (40 bytes) per retained transaction, never its data, in
+//! chunks (growing moves nothing: see [`ChunkedDeque`]).
 
-use std::collections::VecDeque;
 use std::time::Duration;
+
+use super::chunked::ChunkedDeque;
 
 /// What the window keeps of one transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +26,7 @@ pub struct TxnMeta {
 
 #[derive(Debug, Default)]
 pub struct Window {
-    pub txns: VecDeque<TxnMeta>,
+    pub txns: ChunkedDeque<TxnMeta>,
     pub bytes: u64,
 }
 

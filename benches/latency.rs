@@ -61,7 +61,7 @@ use pgsat::client::{Client, ClientConfig, Event};
 use pgsat::pg::conn::{ConnParams, ReplicationConn};
 use pgsat::pg::lsn::PG_EPOCH_OFFSET_MICROS;
 use pgsat::pg::pgoutput::{self, PgOutput};
-use pgsat::pg::replication::ReplMessage;
+use pgsat::pg::replication::{ReplMessage, ReplicationStream};
 use support::pgsat::insecure_token;
 use support::PgServer;
 
@@ -377,13 +377,17 @@ fn run_pass(
         .collect()
 }
 
-async fn direct_reader(url: String, slot: String, seen: Seen, ready: std::sync::mpsc::Sender<()>) {
-    let params = ConnParams::from_url(&url).expect("url");
+/// pgoutput of the bench's publication from `slot`'s position.
+async fn start_stream(url: &str, slot: &str) -> ReplicationStream {
+    let params = ConnParams::from_url(url).expect("url");
     let conn = ReplicationConn::connect(&params).await.expect("connect");
-    let mut stream = conn
-        .start_logical(&slot, 0, "pgsat_bench")
+    conn.start_logical(slot, 0, "pgsat_bench")
         .await
-        .expect("start replication");
+        .expect("start replication")
+}
+
+async fn direct_reader(url: String, slot: String, seen: Seen, ready: std::sync::mpsc::Sender<()>) {
+    let mut stream = start_stream(&url, &slot).await;
     ready.send(()).ok();
     let mut received = 0u64;
     let mut last_status = Instant::now();
@@ -486,12 +490,7 @@ fn relay_process() {
     rt.block_on(async move {
         // Replication first, as pgsat has it running when it is ready (the
         // order of the walsenders is FIRST's business).
-        let params = ConnParams::from_url(&url).expect("url");
-        let conn = ReplicationConn::connect(&params).await.expect("connect");
-        let mut stream = conn
-            .start_logical(&slot, 0, "pgsat_bench")
-            .await
-            .expect("start replication");
+        let mut stream = start_stream(&url, &slot).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("relay bind");

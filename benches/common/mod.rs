@@ -5,15 +5,9 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Now, µs since the Unix epoch (the protocol's timestamp unit).
-pub fn unix_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+pub use pgsat::clock::unix_micros;
 
 /// The `p` quantile (0..=1) of sorted values, nearest rank.
 pub fn quantile(sorted: &[i64], p: f64) -> i64 {

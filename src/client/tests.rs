@@ -4,7 +4,9 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::unix_micros;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -447,13 +449,6 @@ async fn client_pings_an_idle_server_and_reconnects_when_it_is_silent() {
     let mut c = Client::connect_with(cfg, connector).await.unwrap();
     assert_eq!(next_txn(&mut c).await.lsn, 100);
     server.await.unwrap();
-}
-
-fn unix_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
 }
 
 struct CountingToken(AtomicU32);

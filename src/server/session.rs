@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::time::{sleep_until, Sleep};
@@ -254,10 +254,7 @@ impl Session {
     fn set_expiry(&mut self, expires_at_micros: Option<i64>) {
         let leeway = self.ctx.config.auth.leeway.as_micros() as i64;
         self.expiry = expires_at_micros.map(|at| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_micros() as i64)
-                .unwrap_or(0);
+            let now = crate::clock::unix_micros();
             let left =
                 Duration::from_micros(at.saturating_add(leeway).saturating_sub(now).max(0) as u64);
             Box::pin(tokio::time::sleep(left))

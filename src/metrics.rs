@@ -30,6 +30,7 @@
 //! | `pgsat_auth_attempts_total{result,reason}` | counter | AuthReq outcomes (first and refresh): `result` = `ok`, `auth_failed`, `token_expired`, `user_not_found`, `principal_changed`, `internal`; `reason` = the failed check for `auth_failed` (`malformed`, `too_large`, `alg`, `header`, `kid`, `signature`, `exp`, `nbf`, `iat`, `iss`, `aud`, `user_id`), else the same as `result` |
 //! | `pgsat_sent_bytes_total` | counter | bytes written to client sockets |
 //! | `pgsat_sent_frames_total` | counter | frames written to client sockets |
+//! | `pgsat_direct_transactions_total` | counter | transactions the replication task wrote straight to the socket of a session waiting at the log's end (the direct lane, see server/direct.rs) |
 //! | `pgsat_session_lag_bytes` | histogram | per-session distance (bytes of WAL) between the newest transaction and what the session was sent, observed as it streams |
 //! | `pgsat_client_ack_lag_bytes` | histogram | at each AckReq, the distance (bytes of WAL) between the newest transaction and what the client says it durably applied |
 //! | `pgsat_slow_consumer_disconnects_total` | counter | sessions closed with SLOW_CONSUMER |
@@ -260,6 +261,7 @@ pub struct Metrics {
     auth_attempts: Vec<IntCounter>,
     pub sent_bytes: IntCounter,
     pub sent_frames: IntCounter,
+    pub direct_transactions: IntCounter,
     pub session_lag_bytes: Histogram,
     pub client_ack_lag_bytes: Histogram,
     pub slow_consumer_disconnects: IntCounter,
@@ -484,6 +486,10 @@ impl Metrics {
             sent_frames: counter(
                 "pgsat_sent_frames_total",
                 "Frames written to client sockets.",
+            )?,
+            direct_transactions: counter(
+                "pgsat_direct_transactions_total",
+                "Transactions the replication task wrote straight to the socket of a session waiting at the log's end.",
             )?,
             session_lag_bytes,
             client_ack_lag_bytes,

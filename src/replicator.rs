@@ -28,6 +28,7 @@ use crate::pg::replication::ReplMessage;
 use crate::pg::slot;
 use crate::pg::sql::SqlConfig;
 use crate::pg::PgError;
+use crate::server::direct::DirectLane;
 use crate::server::registry::Registry;
 
 /// A status update goes out at least this often.
@@ -45,6 +46,8 @@ pub struct Replicator {
     pub log: Log,
     pub metrics: Arc<Metrics>,
     pub registry: Arc<Registry>,
+    /// Sessions waiting at the log's end: written to right after an append.
+    pub direct: Arc<DirectLane>,
     pub users_table: Option<UsersTable>,
     /// The system identifier the log belongs to: a reconnect that finds
     /// another server stops replication.
@@ -279,11 +282,15 @@ impl Replicator {
                 changes.truncate.inc_by(u64::from(c.ops.truncate));
                 if let Some(txn) = &c.txn {
                     self.metrics.replication_transactions.inc();
-                    let appended = self
+                    let index = self
                         .log
-                        .append_txn(txn.clone())
+                        .append_txn_at(txn.clone())
                         .map_err(|e| RunError::Fatal(e.to_string()))?;
-                    if appended {
+                    let appended = index.is_some();
+                    if let Some(index) = index {
+                        // Before anything else: sessions waiting at the end
+                        // get it now.
+                        self.direct.deliver(index, txn);
                         // A clock behind Postgres' would make it negative.
                         let lag = (crate::clock::unix_micros() - txn.commit_time).max(0);
                         self.metrics
@@ -296,10 +303,12 @@ impl Replicator {
                     }
                 }
                 if c.removed_users.all {
+                    self.direct.revoke_all();
                     let n = self.registry.all_users_deleted();
                     tracing::info!(sessions = n, "users table truncated: closing every session");
                 }
                 for user in &c.removed_users.ids {
+                    self.direct.revoke_user(user);
                     let n = self.registry.user_deleted(user);
                     if n > 0 {
                         tracing::info!(user_id = %user, sessions = n, "user row deleted: closing the user's sessions");

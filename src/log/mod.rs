@@ -520,6 +520,12 @@ impl Log {
     /// cache); durable once `durable_lsn() >= commit_lsn`. Takes the
     /// assembler's `Arc` as it is: the entry is shared, not copied.
     pub fn append_txn(&self, txn: impl Into<Arc<TxnEntry>>) -> Result<bool, LogError> {
+        self.append_txn_at(txn).map(|index| index.is_some())
+    }
+
+    /// [`Log::append_txn`], returning the transaction's log index (`None`:
+    /// ignored, the log already has it).
+    pub fn append_txn_at(&self, txn: impl Into<Arc<TxnEntry>>) -> Result<Option<u64>, LogError> {
         let txn: Arc<TxnEntry> = txn.into();
         let s = self.shared();
         let mut st = s.lock();
@@ -527,7 +533,7 @@ impl Log {
             return Err(LogError::Closed);
         }
         if txn.commit_lsn <= st.end_lsn {
-            return Ok(false);
+            return Ok(None);
         }
         let rec_len = txn_record_len(&txn);
         if rec_len > MAX_RECORD_LEN {
@@ -561,7 +567,7 @@ impl Log {
         s.sync_atomics(&st);
         drop(st);
         s.appended.send_replace(index + 1);
-        Ok(true)
+        Ok(Some(index))
     }
 
     /// Backpressure: resolves once fewer than [`UNSYNCED_MAX_BYTES`] appended

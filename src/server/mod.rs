@@ -10,6 +10,7 @@
 //! SHUTTING_DOWN after its last whole transaction, the slot position is
 //! flushed, the log is synced, exit 0 — within 10 s.
 
+pub mod direct;
 pub mod listener;
 pub mod published;
 pub mod registry;
@@ -56,6 +57,8 @@ pub struct ServerCtx {
     pub filter_cache: Arc<FilterCache>,
     /// Filtered sessions at the live end, woken only for what they read.
     pub router: Arc<router::Router>,
+    /// Sessions waiting at the log's end, written to by the replication task.
+    pub direct: Arc<direct::DirectLane>,
     /// Publication membership, for `StartReplicationReq.tables`.
     pub published: Published,
     /// Ordinary connections to the database (snapshots), from DATABASE_URL.
@@ -217,6 +220,7 @@ pub async fn run_until(
     }
 
     let registry = Arc::new(Registry::default());
+    let direct = direct::DirectLane::new(metrics.clone());
 
     let replicator = Replicator {
         params: params.clone(),
@@ -225,6 +229,7 @@ pub async fn run_until(
         log: log.clone(),
         metrics: metrics.clone(),
         registry: registry.clone(),
+        direct: direct.clone(),
         users_table: Some(UsersTable::from_setting(
             &config.auth.users_table,
             &config.auth.users_id_column,
@@ -258,6 +263,7 @@ pub async fn run_until(
         rules,
         filter_cache: filter_cache.clone(),
         router: router::Router::new(log.clone(), filter_cache, metrics.clone()),
+        direct,
         published: Published::new(params.clone(), config.publication.clone()),
         sql,
         tls,

@@ -14,7 +14,7 @@
 //!   SLOW_CONSUMER once the log's head is more than `CLIENT_MAX_LAG_BYTES`
 //!   ahead of it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use tokio::time::{sleep_until, Sleep};
 
+use super::direct::{Armed, Seat};
 use super::router::{Member, Routed};
 use super::snapshot_phase::{self, Catchup, PhaseMsg, SnapshotPhase};
 use super::transport::{Incoming, OutQueue, Reader, Writer};
@@ -68,6 +69,11 @@ struct Stream {
     /// Read rules and/or a table subscription; `None`: every transaction
     /// goes out as stored (version 1).
     filter: Option<StreamFilter>,
+    /// The session's seat in the direct lane, if it has one (see direct.rs).
+    seat: Option<Seat>,
+    /// Commit LSN of the last transaction the lane wrote for this stream:
+    /// the cursor's entries up to it were sent.
+    direct_lsn: u64,
 }
 
 /// How a filtered session's transactions are chosen (see rules::filter).
@@ -91,6 +97,9 @@ struct Session {
     view: Arc<View>,
     /// Relation frames this session has sent, by relation id.
     sent_relations: HashMap<u32, Bytes>,
+    /// The relations whose definition in force was sent, for the direct
+    /// lane; `None` when `sent_relations` or the definitions in force changed.
+    sent_in_force: Option<Arc<HashSet<u32>>>,
     stream: Option<Stream>,
     /// Initial sync, rows part: the reader task (protocol 1.1).
     snapshot: Option<SnapshotPhase>,
@@ -118,6 +127,7 @@ pub async fn run(ctx: Arc<ServerCtx>, mut reader: Reader, writer: Writer, peer: 
         principal: None,
         view: Arc::new(View::unrestricted()),
         sent_relations: HashMap::new(),
+        sent_in_force: None,
         stream: None,
         snapshot: None,
         catchup: None,
@@ -281,56 +291,71 @@ impl Session {
                 self.stream.is_some() && !paused && self.out.len_bytes() < QUEUE_HIGH_WATER;
             let blocked = self.stream.is_some() && !paused && !can_pull;
             let grace_deadline = self.paused_until;
-            tokio::select! {
+            self.arm_direct();
+            let event = tokio::select! {
                 biased;
-                _ = &mut shutdown => {
-                    // Only whole transactions are ever queued, so this error
-                    // follows the last whole transaction.
-                    return self.fail(ErrorCode::ShuttingDown, "server is shutting down; resume elsewhere from your last Commit.lsn".into());
-                }
-                _ = &mut deleted => {
-                    return self.fail(ErrorCode::UserDeleted, format!("user {:?} was deleted", self.user_id()));
-                }
-                incoming = reader.next() => {
-                    match incoming {
-                        Incoming::Frame(frame) => self.on_frame(frame.ty, frame.body).await,
-                        Incoming::Invalid { code, message } => return self.fail(code, message),
-                        Incoming::Closed => return CloseReason::ClientClosed,
-                    }
-                }
+                _ = &mut shutdown => Event::Shutdown,
+                _ = &mut deleted => Event::UserDeleted,
+                incoming = reader.next() => Event::Incoming(incoming),
                 // Also when the queue is empty but a WebSocket flush is not
                 // done: the last messages would wait for the next one.
-                res = self.writer.drain(&mut self.out), if self.writer.has_pending(&self.out) => {
+                res = self.writer.drain(&mut self.out), if self.writer.has_pending(&self.out) => Event::Drained(res),
+                next = next_entry(&mut self.stream), if can_pull => Event::Next(next),
+                msg = next_snapshot_msg(&mut self.snapshot), if self.snapshot.is_some() && !paused && self.out.len_bytes() < QUEUE_HIGH_WATER => Event::Snapshot(msg),
+                _ = wait_passed(&mut self.catchup) => Event::Passed,
+                _ = lag_check.tick(), if blocked => Event::LagCheck,
+                _ = wait_expiry(&mut self.expiry), if !paused => Event::Expired,
+                _ = sleep_until(grace_deadline.map(tokio::time::Instant::from_std).unwrap_or_else(tokio::time::Instant::now)), if grace_deadline.is_some() => Event::GraceOver,
+            };
+            // Before anything else: what the direct lane wrote comes first.
+            self.disarm_direct();
+            match event {
+                Event::Shutdown => {
+                    // Only whole transactions are ever queued, so this error
+                    // follows the last whole transaction.
+                    return self.fail(
+                        ErrorCode::ShuttingDown,
+                        "server is shutting down; resume elsewhere from your last Commit.lsn"
+                            .into(),
+                    );
+                }
+                Event::UserDeleted => {
+                    return self.fail(
+                        ErrorCode::UserDeleted,
+                        format!("user {:?} was deleted", self.user_id()),
+                    );
+                }
+                Event::Incoming(incoming) => match incoming {
+                    Incoming::Frame(frame) => self.on_frame(frame.ty, frame.body).await,
+                    Incoming::Invalid { code, message } => return self.fail(code, message),
+                    Incoming::Closed => return CloseReason::ClientClosed,
+                },
+                Event::Drained(res) => {
                     if res.is_err() {
                         return CloseReason::ClientClosed;
                     }
                 }
-                next = next_entry(&mut self.stream), if can_pull => {
-                    match next {
-                        Ok(Next::Entry(Entry::Relation(rel))) => self.on_relation(&rel),
-                        Ok(Next::Entry(Entry::Txn(txn))) => self.on_txn(&txn),
-                        Ok(Next::Routed(Routed::Relation(rel))) => self.on_relation(&rel),
-                        Ok(Next::Routed(Routed::Txn { commit_lsn, filtered })) => self.on_routed(commit_lsn, &filtered),
-                        Ok(Next::Routed(Routed::Evicted { after })) => self.unroute(after),
-                        Err(LogError::BehindWindow { .. }) => {
-                            return self.fail_behind_window();
-                        }
-                        Err(e) => {
-                            tracing::error!(peer = %self.peer, error = %e, "log read failed");
-                            return self.fail(ErrorCode::Internal, format!("log read failed: {e}"));
-                        }
+                Event::Next(next) => match next {
+                    Ok(Next::Entry(Entry::Relation(rel))) => self.on_relation(&rel),
+                    Ok(Next::Entry(Entry::Txn(txn))) => self.on_txn(&txn),
+                    Ok(Next::Routed(Routed::Relation(rel))) => self.on_relation(&rel),
+                    Ok(Next::Routed(Routed::Txn {
+                        commit_lsn,
+                        filtered,
+                    })) => self.on_routed(commit_lsn, &filtered),
+                    Ok(Next::Routed(Routed::Evicted { after })) => self.unroute(after),
+                    Err(LogError::BehindWindow { .. }) => {
+                        return self.fail_behind_window();
                     }
-                }
-                msg = next_snapshot_msg(&mut self.snapshot), if self.snapshot.is_some() && !paused && self.out.len_bytes() < QUEUE_HIGH_WATER => {
-                    self.on_snapshot_msg(msg);
-                }
-                _ = wait_passed(&mut self.catchup) => {
-                    self.check_snapshot_end();
-                }
-                _ = lag_check.tick(), if blocked => {
-                    self.check_lag();
-                }
-                _ = wait_expiry(&mut self.expiry), if !paused => {
+                    Err(e) => {
+                        tracing::error!(peer = %self.peer, error = %e, "log read failed");
+                        return self.fail(ErrorCode::Internal, format!("log read failed: {e}"));
+                    }
+                },
+                Event::Snapshot(msg) => self.on_snapshot_msg(msg),
+                Event::Passed => self.check_snapshot_end(),
+                Event::LagCheck => self.check_lag(),
+                Event::Expired => {
                     self.expiry = None;
                     let grace = self.ctx.config.auth.refresh_grace;
                     self.paused_until = Some(Instant::now() + grace);
@@ -338,10 +363,78 @@ impl Session {
                     self.push_error(ErrorCode::TokenExpired, format!(
                         "token expired; stream paused: send a new AuthReq within AUTH_REFRESH_GRACE ({} s) to resume", grace.as_secs()));
                 }
-                _ = sleep_until(grace_deadline.map(tokio::time::Instant::from_std).unwrap_or_else(tokio::time::Instant::now)), if grace_deadline.is_some() => {
-                    return self.fail(ErrorCode::TokenExpired, "token expired and was not refreshed within AUTH_REFRESH_GRACE".into());
+                Event::GraceOver => {
+                    return self.fail(
+                        ErrorCode::TokenExpired,
+                        "token expired and was not refreshed within AUTH_REFRESH_GRACE".into(),
+                    );
                 }
             }
+        }
+    }
+
+    /// Lets the direct lane write the next transaction to the socket when
+    /// the session would just send it as stored: streaming everything from
+    /// its own cursor, which has yielded every entry it fetched, nothing
+    /// queued or unflushed, no snapshot, not paused or closing.
+    fn arm_direct(&mut self) {
+        let Some(stream) = self.stream.as_ref() else {
+            return;
+        };
+        let (Some(seat), Source::Cursor(cursor)) = (stream.seat.as_ref(), &stream.source) else {
+            return;
+        };
+        if stream.filter.is_some()
+            || self.catchup.is_some()
+            || self.snapshot.is_some()
+            || self.paused_until.is_some()
+            || self.closing.is_some()
+            || self.writer.has_pending(&self.out)
+        {
+            return;
+        }
+        let Some(next_index) = cursor.idle_index() else {
+            return;
+        };
+        let relations = self
+            .sent_in_force
+            .get_or_insert_with(|| {
+                Arc::new(
+                    stream
+                        .in_force
+                        .iter()
+                        .filter(|(id, def)| self.sent_relations.get(id) == Some(def))
+                        .map(|(id, _)| *id)
+                        .collect(),
+                )
+            })
+            .clone();
+        let until = self
+            .expiry
+            .as_ref()
+            .map(|sleep| sleep.deadline().into_std());
+        seat.arm(Armed {
+            next_index,
+            until,
+            relations,
+        });
+    }
+
+    /// Takes back the socket from the direct lane: queues the unwritten
+    /// tail of its last transaction first, notes what it wrote.
+    fn disarm_direct(&mut self) {
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        let Some(seat) = stream.seat.as_ref() else {
+            return;
+        };
+        let taken = seat.disarm();
+        if taken.written_lsn > stream.direct_lsn {
+            stream.direct_lsn = taken.written_lsn;
+        }
+        if let Some(rest) = taken.rest {
+            self.out.push_front(rest);
         }
     }
 
@@ -395,7 +488,7 @@ impl Session {
         match self.stream.as_ref() {
             Some(stream) if self.snapshot.is_none() && self.catchup.is_none() => {
                 match &stream.source {
-                    Source::Cursor(c) => c.lsn().min(head),
+                    Source::Cursor(c) => c.lsn().max(stream.direct_lsn).min(head),
                     Source::Routed { member, lsn } => member.position(*lsn).min(head),
                 }
             }
@@ -503,11 +596,15 @@ impl Session {
         let after = if req.lsn == 0 { log.end_lsn() } else { req.lsn };
         match log.cursor(after) {
             Ok(cursor) => {
+                let seat = self.direct_seat(filter.is_none());
+                self.sent_in_force = None;
                 self.stream = Some(Stream {
                     source: Source::Cursor(Box::new(cursor)),
                     in_force: HashMap::new(),
                     live: false,
                     filter,
+                    seat,
+                    direct_lsn: 0,
                 });
                 self.set_state_unless_paused(SessionState::Streaming);
                 self.push(
@@ -535,7 +632,18 @@ impl Session {
         }
     }
 
+    /// A seat in the direct lane for an unfiltered stream on plain TCP,
+    /// if one is free.
+    fn direct_seat(&self, unfiltered: bool) -> Option<Seat> {
+        if !unfiltered || !self.ctx.direct.has_room() {
+            return None;
+        }
+        let socket = self.writer.direct_socket()?;
+        self.ctx.direct.join(self.user_id(), socket)
+    }
+
     fn on_relation(&mut self, rel: &RelationEntry) {
+        self.sent_in_force = None;
         if let Some(stream) = self.stream.as_mut() {
             stream.in_force.insert(rel.relation_id, rel.frame.clone());
             if let Some(f) = stream.filter.as_mut() {
@@ -549,6 +657,14 @@ impl Session {
 
     /// A transaction from the session's own cursor.
     fn on_txn(&mut self, txn: &TxnEntry) {
+        if self
+            .stream
+            .as_ref()
+            .is_some_and(|s| txn.commit_lsn <= s.direct_lsn)
+        {
+            // The direct lane wrote it.
+            return;
+        }
         if let Some(c) = &self.catchup {
             if txn.commit_lsn > c.wal_lsn {
                 // Everything from here on is unseen by the snapshot.
@@ -623,6 +739,7 @@ impl Session {
             };
             if self.sent_relations.get(rel_id) != Some(def) {
                 self.sent_relations.insert(*rel_id, def.clone());
+                self.sent_in_force = None;
                 self.out.push(def.clone());
                 self.ctx.metrics.sent_frames.inc();
                 self.ctx.metrics.sent_bytes.inc_by(def.len() as u64);
@@ -703,6 +820,7 @@ impl Session {
             }) => phase.started = Some((cursor, snapshot, wal_lsn)),
             Some(PhaseMsg::Item(SnapshotItem::Relation { relation_id, frame })) => {
                 self.sent_relations.insert(relation_id, frame.clone());
+                self.sent_in_force = None;
                 self.count_sent(1, frame.len());
                 self.out.push(frame);
             }
@@ -721,11 +839,16 @@ impl Session {
                     );
                     return;
                 };
+                let filter = self.snapshot_filter.take();
+                let seat = self.direct_seat(filter.is_none());
+                self.sent_in_force = None;
                 self.stream = Some(Stream {
                     source: Source::Cursor(cursor),
                     in_force: HashMap::new(),
                     live: false,
-                    filter: self.snapshot_filter.take(),
+                    filter,
+                    seat,
+                    direct_lsn: 0,
                 });
                 self.catchup = Some(Catchup {
                     snapshot,
@@ -922,7 +1045,7 @@ impl Stream {
     /// Commit LSN of the last transaction taken (or the start position).
     fn lsn(&self) -> u64 {
         match &self.source {
-            Source::Cursor(c) => c.lsn(),
+            Source::Cursor(c) => c.lsn().max(self.direct_lsn),
             Source::Routed { lsn, .. } => *lsn,
         }
     }
@@ -931,6 +1054,20 @@ impl Stream {
 enum Next {
     Entry(Entry),
     Routed(Routed),
+}
+
+/// What woke the session.
+enum Event {
+    Shutdown,
+    UserDeleted,
+    Incoming(Incoming),
+    Drained(std::io::Result<()>),
+    Next(Result<Next, LogError>),
+    Snapshot(Option<PhaseMsg>),
+    Passed,
+    LagCheck,
+    Expired,
+    GraceOver,
 }
 
 async fn next_entry(stream: &mut Option<Stream>) -> Result<Next, LogError> {

@@ -51,6 +51,14 @@ impl OutQueue {
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
+
+    /// Puts bytes before everything queued: the tail of a transaction the
+    /// direct lane began to write. Only while nothing of the queue's front
+    /// frame has been written (the lane writes only to an empty queue).
+    pub fn push_front(&mut self, bytes: Bytes) {
+        self.bytes += bytes.len();
+        self.frames.push_front(bytes);
+    }
 }
 
 /// What reading the client produced.
@@ -278,6 +286,23 @@ impl Writer {
                     ..
                 }
             )
+    }
+
+    /// A duplicate of the socket's descriptor for the direct lane (see
+    /// direct.rs): plain TCP only — TLS and WebSocket frame their bytes in
+    /// their own state. `None` also when the descriptor cannot be duplicated
+    /// (out of descriptors): the session then serves itself.
+    pub fn direct_socket(&self) -> Option<std::net::TcpStream> {
+        use std::os::fd::AsFd;
+        let Writer::Tcp {
+            half: WriteHalf::Plain(half),
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let fd = half.as_ref().as_fd().try_clone_to_owned().ok()?;
+        Some(std::net::TcpStream::from(fd))
     }
 
     /// Writes queued frames until the queue is empty and flushed. Cancel-safe:

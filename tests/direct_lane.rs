@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use pgsat::protocol::pb;
-use support::pgsat::{insecure_token, Pgsat, RawClient, Txn, TxnReader};
+use support::pgsat::{insecure_token, start_with_schema, Pgsat, RawClient, Txn, TxnReader};
 use support::PgServer;
 
 const T: Duration = Duration::from_secs(20);
@@ -22,15 +22,7 @@ const SCHEMA: &str = "
 ";
 
 async fn setup() -> (PgServer, tempfile::TempDir, Pgsat) {
-    let pg = PgServer::start();
-    pg.client()
-        .await
-        .batch_execute(SCHEMA)
-        .await
-        .expect("schema");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pgsat = Pgsat::start(&pg, dir.path(), &[]);
-    (pg, dir, pgsat)
+    start_with_schema(SCHEMA, &[]).await
 }
 
 struct Reader {

@@ -15,18 +15,12 @@ use support::PgServer;
 const T: Duration = Duration::from_secs(30);
 
 async fn setup(extra: &[(&str, &str)]) -> (PgServer, tempfile::TempDir, Pgsat) {
-    let pg = PgServer::start();
-    pg.client()
-        .await
-        .batch_execute(
-            "CREATE TABLE users (id text PRIMARY KEY); INSERT INTO users VALUES ('alice');
-             CREATE TABLE events (id bigserial PRIMARY KEY, batch int, payload text);",
-        )
-        .await
-        .expect("schema");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = Pgsat::start(&pg, dir.path(), extra);
-    (pg, dir, p)
+    support::pgsat::start_with_schema(
+        "CREATE TABLE users (id text PRIMARY KEY); INSERT INTO users VALUES ('alice');
+         CREATE TABLE events (id bigserial PRIMARY KEY, batch int, payload text);",
+        extra,
+    )
+    .await
 }
 
 /// Connects, resumes after `from`, and collects transactions until the one

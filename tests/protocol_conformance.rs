@@ -21,15 +21,7 @@ const SCHEMA: &str = "
 ";
 
 async fn setup(extra: &[(&str, &str)]) -> (PgServer, tempfile::TempDir, Pgsat) {
-    let pg = PgServer::start();
-    pg.client()
-        .await
-        .batch_execute(SCHEMA)
-        .await
-        .expect("schema");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pgsat = Pgsat::start(&pg, dir.path(), extra);
-    (pg, dir, pgsat)
+    support::pgsat::start_with_schema(SCHEMA, extra).await
 }
 
 async fn expect_error(c: &mut RawClient, code: pb::ErrorCode) -> pb::ErrorResp {

@@ -20,17 +20,11 @@ const SAME_TEXT: &str =
     "SET DateStyle = ISO; SET TimeZone = 'UTC'; SET IntervalStyle = postgres; SET extra_float_digits = 3;";
 
 async fn setup(schema: &str, extra: &[(&str, &str)]) -> (PgServer, tempfile::TempDir, Pgsat) {
-    let pg = PgServer::start();
-    let db = pg.client().await;
-    db.batch_execute(
-        "CREATE TABLE users (id text PRIMARY KEY); INSERT INTO users VALUES ('alice');",
+    support::pgsat::start_with_schema(
+        &format!("CREATE TABLE users (id text PRIMARY KEY); INSERT INTO users VALUES ('alice'); {schema}"),
+        extra,
     )
     .await
-    .expect("users");
-    db.batch_execute(schema).await.expect("schema");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = Pgsat::start(&pg, dir.path(), extra);
-    (pg, dir, p)
 }
 
 /// Runs each statement as its own transaction (a multi-statement simple

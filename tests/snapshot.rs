@@ -20,17 +20,11 @@ use support::PgServer;
 const T: Duration = Duration::from_secs(60);
 
 async fn setup(schema: &str) -> (PgServer, tempfile::TempDir, Pgsat) {
-    let pg = PgServer::start();
-    let db = pg.client().await;
-    db.batch_execute(
-        "CREATE TABLE users (id text PRIMARY KEY); INSERT INTO users VALUES ('alice');",
+    support::pgsat::start_with_schema(
+        &format!("CREATE TABLE users (id text PRIMARY KEY); INSERT INTO users VALUES ('alice'); {schema}"),
+        &[],
     )
     .await
-    .expect("users");
-    db.batch_execute(schema).await.expect("schema");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = Pgsat::start(&pg, dir.path(), &[]);
-    (pg, dir, p)
 }
 
 async fn authed(p: &Pgsat) -> RawClient {

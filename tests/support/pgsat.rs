@@ -210,6 +210,24 @@ impl Drop for Pgsat {
     }
 }
 
+/// A fresh Postgres with `schema` applied, and pgsat (insecure auth) on it
+/// with `extra` environment: how most tests start.
+#[allow(dead_code)]
+pub async fn start_with_schema(
+    schema: &str,
+    extra: &[(&str, &str)],
+) -> (PgServer, tempfile::TempDir, Pgsat) {
+    let pg = PgServer::start();
+    pg.client()
+        .await
+        .batch_execute(schema)
+        .await
+        .expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Pgsat::start(&pg, dir.path(), extra);
+    (pg, dir, p)
+}
+
 /// Minimal HTTP/1.1 GET: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;

@@ -21,8 +21,8 @@ const SCHEMA: &str = "
     CREATE TABLE notes (id serial PRIMARY KEY, body text);
 ";
 
-async fn setup() -> (PgServer, tempfile::TempDir, Pgsat) {
-    start_with_schema(SCHEMA, &[]).await
+async fn setup(extra: &[(&str, &str)]) -> (PgServer, tempfile::TempDir, Pgsat) {
+    start_with_schema(SCHEMA, extra).await
 }
 
 struct Reader {
@@ -71,7 +71,18 @@ impl Reader {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_served_by_the_lane_get_what_the_others_get() {
-    let (pg, _dir, p) = setup().await;
+    lane_serves_what_the_others_get(&[]).await;
+}
+
+/// The same with the replication task and the sessions on several threads:
+/// the lane and a session's own wake-up run at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_four_worker_threads() {
+    lane_serves_what_the_others_get(&[("WORKER_THREADS", "4")]).await;
+}
+
+async fn lane_serves_what_the_others_get(extra: &[(&str, &str)]) {
+    let (pg, _dir, p) = setup(extra).await;
     let db = pg.client().await;
     // Two plain TCP sessions (seats) and a WebSocket one (no seat).
     let mut readers = [
@@ -162,7 +173,7 @@ async fn sessions_served_by_the_lane_get_what_the_others_get() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_reaches_a_deleted_user_after_the_deleting_transaction() {
-    let (pg, _dir, p) = setup().await;
+    let (pg, _dir, p) = setup(&[]).await;
     let db = pg.client().await;
     let mut bob = Reader::new(&p, false, "bob", "bob").await;
     // Bob's session has sent the users and todos definitions: the lane may

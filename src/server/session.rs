@@ -12,7 +12,11 @@
 //! - the session never awaits a socket write in its logic (see transport.rs):
 //!   a client that stops reading only stops its own cursor, and is closed with
 //!   SLOW_CONSUMER once the log's head is more than `CLIENT_MAX_LAG_BYTES`
-//!   ahead of it.
+//!   ahead of it;
+//! - with a seat in the direct lane (direct.rs), the session arms it only
+//!   right before it waits and disarms it first thing after: the lane's
+//!   writes and the session's never overlap, and what the lane left
+//!   unwritten goes out before anything else.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

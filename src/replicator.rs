@@ -303,12 +303,10 @@ impl Replicator {
                     }
                 }
                 if c.removed_users.all {
-                    self.direct.revoke_all();
                     let n = self.registry.all_users_deleted();
                     tracing::info!(sessions = n, "users table truncated: closing every session");
                 }
                 for user in &c.removed_users.ids {
-                    self.direct.revoke_user(user);
                     let n = self.registry.user_deleted(user);
                     if n > 0 {
                         tracing::info!(user_id = %user, sessions = n, "user row deleted: closing the user's sessions");

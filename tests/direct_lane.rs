@@ -214,3 +214,42 @@ async fn nothing_reaches_a_deleted_user_after_the_deleting_transaction() {
     }
     assert!(bob.c.closed_within(T).await);
 }
+
+/// Seats go to sessions waiting at the end: a fifth session gets none
+/// while four hold them, and takes one when they leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freed_seat_goes_to_a_session_that_had_none() {
+    let (pg, _dir, p) = setup(&[]).await;
+    let db = pg.client().await;
+    let mut first = Vec::new();
+    for _ in 0..4 {
+        first.push(Reader::new(&p, false, "alice", "seated").await);
+    }
+    let mut fifth = Reader::new(&p, false, "bob", "fifth").await;
+    let insert = |i: usize| format!("INSERT INTO todos (owner, title) VALUES ('bob', 'f{i}')");
+    for i in 0..5 {
+        db.batch_execute(&insert(i)).await.expect("insert");
+        for r in first.iter_mut() {
+            r.read(1).await;
+        }
+        fifth.read(1).await;
+    }
+    drop(first);
+    // Everyone else gone (closed sessions leave their seats).
+    assert!(
+        support::wait_until(T, || async {
+            p.metric("pgsat_sessions{state=\"streaming\"}") == 1.0
+        })
+        .await,
+        "the four sessions did not close"
+    );
+    let before = p.metric("pgsat_direct_transactions_total");
+    for i in 5..25 {
+        db.batch_execute(&insert(i)).await.expect("insert");
+        fifth.read(1).await;
+    }
+    assert_eq!(fifth.got.len(), 25);
+    assert!(fifth.got.windows(2).all(|w| w[0].lsn < w[1].lsn));
+    let direct = p.metric("pgsat_direct_transactions_total") - before;
+    assert!(direct >= 1.0, "the fifth session never took a seat");
+}

@@ -3,8 +3,10 @@
 //! saving the wake-up of each session's task and its turn on the runtime
 //! (7–11 µs of a commit → client latency of ~40 µs over the network floor).
 //!
-//! A session takes a seat when it streams everything (no read rules, no
-//! table subscription) over plain TCP, and leaves it with its stream. Before
+//! A session takes a free seat when it streams everything (no read rules,
+//! no table subscription) over plain TCP and waits at the log's end; it
+//! leaves it with its stream, or when its client stops reading (so that a
+//! stuck client does not keep a seat from live ones). Before
 //! each wait it **arms** its seat when it has nothing queued, nothing
 //! buffered in its cursor and no snapshot or pause; on every wake-up it
 //! first **disarms** it, taking back what the lane did. While armed, the
@@ -22,14 +24,17 @@
 //!   stops writing to that seat until the session arms it again;
 //! - the session skips the transactions its cursor yields with a commit LSN
 //!   at or below the last one the lane wrote (`written_lsn`): each once;
-//! - a user's deleted row revokes their seats for good (the session is
-//!   closing with USER_DELETED), before the next transaction is delivered;
+//! - nothing is written to a session whose user's row was deleted: the
+//!   registry sets the session's `revoked` flag before the replication
+//!   task delivers the next transaction, and the lane checks it before
+//!   each write (a seat taken after the deletion too);
 //! - at most [`SEATS`] seats: the replication task spends a bounded time on
 //!   them per transaction, and the others are served by their own tasks.
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -43,6 +48,8 @@ pub const SEATS: usize = 4;
 
 pub struct DirectLane {
     seats: Mutex<Vec<Arc<Sink>>>,
+    /// `seats.len()`, read without the lock by sessions looking for a seat.
+    taken: AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -53,7 +60,8 @@ pub struct Seat {
 }
 
 struct Sink {
-    user_id: String,
+    /// The session's registration flag: set once its user's row is deleted.
+    revoked: Arc<AtomicBool>,
     /// A duplicate of the session's socket descriptor (non-blocking).
     socket: TcpStream,
     state: Mutex<SinkState>,
@@ -62,8 +70,6 @@ struct Sink {
 #[derive(Default)]
 struct SinkState {
     armed: Option<Armed>,
-    /// The user's row was deleted: never armed again.
-    revoked: bool,
     /// Commit LSN of the last transaction the lane wrote (or left in
     /// `rest`) since the session last took over.
     written_lsn: u64,
@@ -98,22 +104,25 @@ impl DirectLane {
     pub fn new(metrics: Arc<Metrics>) -> Arc<DirectLane> {
         Arc::new(DirectLane {
             seats: Mutex::new(Vec::with_capacity(SEATS)),
+            taken: AtomicUsize::new(0),
             metrics,
         })
     }
 
-    /// A seat for a session of `user_id` writing to `socket`, if one is free.
-    pub fn join(self: &Arc<Self>, user_id: &str, socket: TcpStream) -> Option<Seat> {
+    /// A seat for a session writing to `socket`, whose registration's
+    /// `revoked` flag is given, if one is free.
+    pub fn join(self: &Arc<Self>, revoked: Arc<AtomicBool>, socket: TcpStream) -> Option<Seat> {
         let mut seats = lock(&self.seats);
         if seats.len() >= SEATS {
             return None;
         }
         let sink = Arc::new(Sink {
-            user_id: user_id.to_string(),
+            revoked,
             socket,
             state: Mutex::new(SinkState::default()),
         });
         seats.push(sink.clone());
+        self.taken.store(seats.len(), Ordering::Relaxed);
         Some(Seat {
             lane: self.clone(),
             sink,
@@ -143,6 +152,7 @@ impl DirectLane {
                 .is_some_and(|until| *now.get_or_insert_with(Instant::now) >= until);
             if armed.next_index != index
                 || expired
+                || sink.revoked.load(Ordering::SeqCst)
                 || !txn
                     .relation_ids
                     .iter()
@@ -169,39 +179,14 @@ impl DirectLane {
         }
     }
 
-    /// `user_id`'s row was deleted: the lane writes nothing more to their
-    /// sessions (which close with USER_DELETED).
-    pub fn revoke_user(&self, user_id: &str) {
-        for sink in lock(&self.seats).iter() {
-            if sink.user_id == user_id {
-                sink.revoke();
-            }
-        }
-    }
-
-    /// The users table was truncated.
-    pub fn revoke_all(&self) {
-        for sink in lock(&self.seats).iter() {
-            sink.revoke();
-        }
-    }
-
-    /// Whether a seat is free now (saves duplicating a descriptor for
-    /// nothing; `join` decides).
+    /// Whether a seat looks free (no lock: sessions ask on every turn of
+    /// their loop; `join` decides).
     pub fn has_room(&self) -> bool {
-        lock(&self.seats).len() < SEATS
+        self.seats_taken() < SEATS
     }
 
     pub fn seats_taken(&self) -> usize {
-        lock(&self.seats).len()
-    }
-}
-
-impl Sink {
-    fn revoke(&self) {
-        let mut st = lock(&self.state);
-        st.revoked = true;
-        st.armed = None;
+        self.taken.load(Ordering::Relaxed)
     }
 }
 
@@ -209,9 +194,8 @@ impl Seat {
     /// Lets the lane write to the session's socket (see the module's
     /// invariants for when a session may).
     pub fn arm(&self, armed: Armed) {
-        let mut st = lock(&self.sink.state);
-        if !st.revoked {
-            st.armed = Some(armed);
+        if !self.sink.revoked.load(Ordering::SeqCst) {
+            lock(&self.sink.state).armed = Some(armed);
         }
     }
 
@@ -228,7 +212,9 @@ impl Seat {
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        lock(&self.lane.seats).retain(|s| !Arc::ptr_eq(s, &self.sink));
+        let mut seats = lock(&self.lane.seats);
+        seats.retain(|s| !Arc::ptr_eq(s, &self.sink));
+        self.lane.taken.store(seats.len(), Ordering::Relaxed);
     }
 }
 
@@ -284,6 +270,10 @@ mod tests {
         }
     }
 
+    fn flag() -> Arc<AtomicBool> {
+        Arc::new(AtomicBool::new(false))
+    }
+
     fn lane() -> Arc<DirectLane> {
         DirectLane::new(Arc::new(Metrics::new().unwrap()))
     }
@@ -292,7 +282,7 @@ mod tests {
     fn writes_only_the_expected_entry_whole_and_reports_it() {
         let lane = lane();
         let (server, mut client) = pair();
-        let seat = lane.join("alice", server).unwrap();
+        let seat = lane.join(flag(), server).unwrap();
         let t1 = txn(100, vec![1], 10);
         let t2 = txn(200, vec![1], 10);
         // Not armed: nothing written.
@@ -321,7 +311,8 @@ mod tests {
     fn an_unsent_relation_an_expired_token_or_a_deleted_user_stop_the_lane() {
         let lane = lane();
         let (server, _client) = pair();
-        let seat = lane.join("alice", server).unwrap();
+        let revoked = flag();
+        let seat = lane.join(revoked.clone(), server).unwrap();
         seat.arm(armed(1, &[1]));
         lane.deliver(1, &txn(10, vec![1, 2], 10));
         assert_eq!(seat.disarm().written_lsn, 0, "relation 2 not sent");
@@ -332,20 +323,24 @@ mod tests {
         lane.deliver(1, &txn(10, vec![1], 10));
         assert_eq!(seat.disarm().written_lsn, 0, "token expired");
         seat.arm(armed(1, &[1]));
-        lane.revoke_user("bob");
         lane.deliver(1, &txn(10, vec![1], 10));
-        assert_eq!(seat.disarm().written_lsn, 10, "bob is not alice");
-        lane.revoke_user("alice");
+        assert_eq!(seat.disarm().written_lsn, 10, "all well");
+        // Deleted while armed: the next transaction is not written.
+        seat.arm(armed(2, &[1]));
+        revoked.store(true, Ordering::SeqCst);
+        lane.deliver(2, &txn(20, vec![1], 10));
+        assert_eq!(seat.disarm().written_lsn, 0, "deleted while armed");
+        // And a seat never arms again.
         seat.arm(armed(2, &[1]));
         lane.deliver(2, &txn(20, vec![1], 10));
-        assert_eq!(seat.disarm().written_lsn, 0, "alice was deleted");
+        assert_eq!(seat.disarm().written_lsn, 0, "deleted before arming");
     }
 
     #[test]
     fn a_full_socket_hands_the_tail_to_the_session_and_stops() {
         let lane = lane();
         let (server, mut client) = pair();
-        let seat = lane.join("alice", server).unwrap();
+        let seat = lane.join(flag(), server).unwrap();
         // Far more than a socket buffers while the peer does not read.
         let big = txn(10, vec![], 64 << 20);
         seat.arm(armed(1, &[]));
@@ -369,13 +364,13 @@ mod tests {
         let mut clients = Vec::new();
         for _ in 0..SEATS {
             let (s, c) = pair();
-            held.push(lane.join("u", s).unwrap());
+            held.push(lane.join(flag(), s).unwrap());
             clients.push(c);
         }
         let (s, _c) = pair();
-        assert!(lane.join("u", s.try_clone().unwrap()).is_none());
+        assert!(lane.join(flag(), s.try_clone().unwrap()).is_none());
         held.pop();
         assert_eq!(lane.seats_taken(), SEATS - 1);
-        assert!(lane.join("u", s).is_some());
+        assert!(lane.join(flag(), s).is_some());
     }
 }

@@ -6,12 +6,28 @@
 //! whatever the number of sessions.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-/// A session's registration id and its deletion signal.
-type SessionSignal = (u64, Arc<Notify>);
+/// A session's registration id and its deletion signals.
+struct SessionSignal {
+    id: u64,
+    deleted: Arc<Notify>,
+    revoked: Arc<AtomicBool>,
+}
+
+impl SessionSignal {
+    /// The flag first (the direct lane checks it before each write), then
+    /// the wake-up.
+    fn signal(&self) {
+        self.revoked.store(true, Ordering::SeqCst);
+        // notify_one stores a permit, so a session busy elsewhere still
+        // sees it at its next select.
+        self.deleted.notify_one();
+    }
+}
 
 #[derive(Default)]
 pub struct Registry {
@@ -26,6 +42,9 @@ pub struct Registration {
     id: u64,
     /// Notified when the user's row is deleted.
     pub deleted: Arc<Notify>,
+    /// Set (before `deleted` is notified) when the user's row is deleted:
+    /// the direct lane writes nothing more to this session.
+    pub revoked: Arc<AtomicBool>,
 }
 
 impl Registry {
@@ -34,15 +53,21 @@ impl Registry {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let deleted = Arc::new(Notify::new());
+        let revoked = Arc::new(AtomicBool::new(false));
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(user_id.to_string())
             .or_default()
-            .push((id, deleted.clone()));
+            .push(SessionSignal {
+                id,
+                deleted: deleted.clone(),
+                revoked: revoked.clone(),
+            });
         Registration {
             registry: self.clone(),
             user_id: user_id.to_string(),
             id,
             deleted,
+            revoked,
         }
     }
 
@@ -51,10 +76,8 @@ impl Registry {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(user_id) {
             Some(sessions) => {
-                for (_, n) in sessions {
-                    // notify_one stores a permit, so a session busy elsewhere
-                    // still sees it at its next select.
-                    n.notify_one();
+                for s in sessions {
+                    s.signal();
                 }
                 sessions.len()
             }
@@ -67,8 +90,8 @@ impl Registry {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut n = 0;
         for sessions in map.values() {
-            for (_, notify) in sessions {
-                notify.notify_one();
+            for s in sessions {
+                s.signal();
                 n += 1;
             }
         }
@@ -89,7 +112,7 @@ impl Drop for Registration {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(v) = map.get_mut(&self.user_id) {
-            v.retain(|(id, _)| *id != self.id);
+            v.retain(|s| s.id != self.id);
             if v.is_empty() {
                 map.remove(&self.user_id);
             }
@@ -108,6 +131,8 @@ mod tests {
         let a2 = reg.register("alice");
         let b = reg.register("bob");
         assert_eq!(reg.user_deleted("alice"), 2);
+        assert!(a1.revoked.load(Ordering::SeqCst) && a2.revoked.load(Ordering::SeqCst));
+        assert!(!b.revoked.load(Ordering::SeqCst));
         a1.deleted.notified().await;
         a2.deleted.notified().await;
         let got = tokio::time::timeout(std::time::Duration::from_millis(20), b.deleted.notified());

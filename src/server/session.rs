@@ -99,6 +99,9 @@ struct Session {
     principal: Option<Principal>,
     /// What the session may read (from the first token's claims).
     view: Arc<View>,
+    /// Set by the registry when the user's row is deleted (the direct lane
+    /// checks it); `None` before authentication.
+    revoked: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Relation frames this session has sent, by relation id.
     sent_relations: HashMap<u32, Bytes>,
     /// The relations whose definition in force was sent, for the direct
@@ -130,6 +133,7 @@ pub async fn run(ctx: Arc<ServerCtx>, mut reader: Reader, writer: Writer, peer: 
         out: OutQueue::default(),
         principal: None,
         view: Arc::new(View::unrestricted()),
+        revoked: None,
         sent_relations: HashMap::new(),
         sent_in_force: None,
         stream: None,
@@ -168,6 +172,7 @@ impl Session {
                     "session authenticated"
                 );
                 let deleted = registration.deleted.clone();
+                self.revoked = Some(registration.revoked.clone());
                 let r = self.serve(reader, &deleted).await;
                 drop(registration);
                 r
@@ -358,7 +363,13 @@ impl Session {
                 },
                 Event::Snapshot(msg) => self.on_snapshot_msg(msg),
                 Event::Passed => self.check_snapshot_end(),
-                Event::LagCheck => self.check_lag(),
+                Event::LagCheck => {
+                    // The client stopped reading: its seat goes to a live one.
+                    if let Some(stream) = self.stream.as_mut() {
+                        stream.seat = None;
+                    }
+                    self.check_lag();
+                }
                 Event::Expired => {
                     self.expiry = None;
                     let grace = self.ctx.config.auth.refresh_grace;
@@ -385,10 +396,11 @@ impl Session {
         let Some(stream) = self.stream.as_ref() else {
             return;
         };
-        let (Some(seat), Source::Cursor(cursor)) = (stream.seat.as_ref(), &stream.source) else {
+        let Source::Cursor(cursor) = &stream.source else {
             return;
         };
         if stream.filter.is_some()
+            || !self.writer.is_plain_tcp()
             || self.catchup.is_some()
             || self.snapshot.is_some()
             || self.paused_until.is_some()
@@ -398,6 +410,20 @@ impl Session {
             return;
         }
         let Some(next_index) = cursor.idle_index() else {
+            return;
+        };
+        if stream.seat.is_none() {
+            // Waiting at the end without a seat: take one if one is free.
+            let seat = self.direct_seat();
+            let Some(stream) = self.stream.as_mut() else {
+                return;
+            };
+            stream.seat = seat;
+        }
+        let Some(stream) = self.stream.as_ref() else {
+            return;
+        };
+        let Some(seat) = stream.seat.as_ref() else {
             return;
         };
         let relations = self
@@ -600,14 +626,13 @@ impl Session {
         let after = if req.lsn == 0 { log.end_lsn() } else { req.lsn };
         match log.cursor(after) {
             Ok(cursor) => {
-                let seat = self.direct_seat(filter.is_none());
                 self.sent_in_force = None;
                 self.stream = Some(Stream {
                     source: Source::Cursor(Box::new(cursor)),
                     in_force: HashMap::new(),
                     live: false,
                     filter,
-                    seat,
+                    seat: None,
                     direct_lsn: 0,
                 });
                 self.set_state_unless_paused(SessionState::Streaming);
@@ -636,14 +661,14 @@ impl Session {
         }
     }
 
-    /// A seat in the direct lane for an unfiltered stream on plain TCP,
-    /// if one is free.
-    fn direct_seat(&self, unfiltered: bool) -> Option<Seat> {
-        if !unfiltered || !self.ctx.direct.has_room() {
+    /// A seat in the direct lane, if one is free.
+    fn direct_seat(&self) -> Option<Seat> {
+        if !self.ctx.direct.has_room() {
             return None;
         }
+        let revoked = self.revoked.clone()?;
         let socket = self.writer.direct_socket()?;
-        self.ctx.direct.join(self.user_id(), socket)
+        self.ctx.direct.join(revoked, socket)
     }
 
     fn on_relation(&mut self, rel: &RelationEntry) {
@@ -844,14 +869,13 @@ impl Session {
                     return;
                 };
                 let filter = self.snapshot_filter.take();
-                let seat = self.direct_seat(filter.is_none());
                 self.sent_in_force = None;
                 self.stream = Some(Stream {
                     source: Source::Cursor(cursor),
                     in_force: HashMap::new(),
                     live: false,
                     filter,
-                    seat,
+                    seat: None,
                     direct_lsn: 0,
                 });
                 self.catchup = Some(Catchup {

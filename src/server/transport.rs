@@ -288,6 +288,18 @@ impl Writer {
             )
     }
 
+    /// Whether this is a plain TCP connection (no TLS, no WebSocket): the
+    /// only kind the direct lane writes to.
+    pub fn is_plain_tcp(&self) -> bool {
+        matches!(
+            self,
+            Writer::Tcp {
+                half: WriteHalf::Plain(_),
+                ..
+            }
+        )
+    }
+
     /// A duplicate of the socket's descriptor for the direct lane (see
     /// direct.rs): plain TCP only — TLS and WebSocket frame their bytes in
     /// their own state. `None` also when the descriptor cannot be duplicated

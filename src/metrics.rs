@@ -527,6 +527,13 @@ impl Metrics {
 
     /// Counts a closed session. `Error(SLOW_CONSUMER)` also counts in
     /// `pgsat_slow_consumer_disconnects_total`.
+    /// Frames for a client, counted when handed to its socket or queued
+    /// for it (`pgsat_sent_frames_total`, `pgsat_sent_bytes_total`).
+    pub fn count_sent(&self, frames: u64, bytes: usize) {
+        self.sent_frames.inc_by(frames);
+        self.sent_bytes.inc_by(bytes as u64);
+    }
+
     pub fn session_closed(&self, reason: CloseReason) {
         match reason {
             CloseReason::ClientClosed => self.sessions_closed_client.inc(),

@@ -49,4 +49,9 @@ impl TxnEntry {
     pub fn size(&self) -> u64 {
         self.frames.len() as u64 + 64 + 4 * self.relation_ids.len() as u64
     }
+
+    /// Number of OpLog frames in `frames`.
+    pub fn frame_count(&self) -> usize {
+        crate::protocol::frame::split_frames(&self.frames).count()
+    }
 }

@@ -286,10 +286,9 @@ pub fn filter_ops(
         };
     }
     if unchanged {
-        let frame_count = crate::protocol::frame::split_frames(&txn.frames).count();
         return Filtered {
             frames: Some(txn.frames.clone()),
-            frame_count,
+            frame_count: txn.frame_count(),
             relation_ids,
             incomplete,
         };

@@ -171,10 +171,8 @@ impl DirectLane {
                 st.rest = Some(txn.frames.slice(wrote..));
             }
             st.written_lsn = txn.commit_lsn;
-            let frames = *frame_count
-                .get_or_insert_with(|| crate::protocol::frame::split_frames(&txn.frames).count());
-            self.metrics.sent_frames.inc_by(frames as u64);
-            self.metrics.sent_bytes.inc_by(txn.frames.len() as u64);
+            let frames = *frame_count.get_or_insert_with(|| txn.frame_count());
+            self.metrics.count_sent(frames as u64, txn.frames.len());
             self.metrics.direct_transactions.inc();
         }
     }

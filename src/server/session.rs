@@ -709,8 +709,7 @@ impl Session {
         };
         match stream.filter.as_ref() {
             None => {
-                let frame_count = crate::protocol::frame::split_frames(&txn.frames).count();
-                self.send_txn(&txn.relation_ids, txn.frames.clone(), frame_count);
+                self.send_txn(&txn.relation_ids, txn.frames.clone(), txn.frame_count());
             }
             Some(f) => {
                 let filtered = self
@@ -770,8 +769,7 @@ impl Session {
                 self.sent_relations.insert(*rel_id, def.clone());
                 self.sent_in_force = None;
                 self.out.push(def.clone());
-                self.ctx.metrics.sent_frames.inc();
-                self.ctx.metrics.sent_bytes.inc_by(def.len() as u64);
+                self.ctx.metrics.count_sent(1, def.len());
             }
         }
         let len = frames.len();
@@ -787,7 +785,7 @@ impl Session {
         // The session loop drains too (and waits for room); a registration
         // made here with a no-op waker is replaced by its poll. Counted
         // first: a client may read the bytes before try_drain returns.
-        self.count_sent(frame_count as u64, len);
+        self.ctx.metrics.count_sent(frame_count as u64, len);
         self.writer.try_drain(&mut self.out);
         self.check_snapshot_end();
         self.check_lag();
@@ -850,12 +848,12 @@ impl Session {
             Some(PhaseMsg::Item(SnapshotItem::Relation { relation_id, frame })) => {
                 self.sent_relations.insert(relation_id, frame.clone());
                 self.sent_in_force = None;
-                self.count_sent(1, frame.len());
+                self.ctx.metrics.count_sent(1, frame.len());
                 self.out.push(frame);
             }
             Some(PhaseMsg::Item(SnapshotItem::Rows { frame, rows })) => {
                 phase.rows += rows;
-                self.count_sent(1, frame.len());
+                self.ctx.metrics.count_sent(1, frame.len());
                 self.out.push(frame);
             }
             Some(PhaseMsg::Done { rows }) => {
@@ -1013,14 +1011,9 @@ impl Session {
         }
     }
 
-    fn count_sent(&self, frames: u64, bytes: usize) {
-        self.ctx.metrics.sent_frames.inc_by(frames);
-        self.ctx.metrics.sent_bytes.inc_by(bytes as u64);
-    }
-
     fn push<M: prost::Message>(&mut self, ty: MsgType, msg: &M) {
         let frame = encode_frame(ty, msg);
-        self.count_sent(1, frame.len());
+        self.ctx.metrics.count_sent(1, frame.len());
         self.out.push(frame);
     }
 
